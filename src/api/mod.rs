@@ -1,0 +1,1 @@
+//! The nydusd-compatible HTTP API on a unix socket.

@@ -1,0 +1,1 @@
+//! daemon (filled in by its owner).

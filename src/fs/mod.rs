@@ -1,0 +1,1 @@
+//! FUSE filesystems: RAFS, passthrough, and their composition.

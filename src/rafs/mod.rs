@@ -1,0 +1,8 @@
+//! The RAFS v5/v6 on-disk format: an mmap-based, on-demand reader ([`RafsImage`]) and the
+//! builder behind `rafs-image`.
+//!
+//! See docs/format.md for the design and ../shared/specs/RAFS-FORMAT.md for the format facts.
+
+pub mod types;
+
+pub use types::*;
