@@ -1,1 +1,3 @@
 //! FUSE filesystems: RAFS, passthrough, and their composition.
+pub mod passthrough;
+pub mod vfs;
