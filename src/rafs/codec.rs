@@ -178,9 +178,15 @@ mod tests {
         let data = vec![7u8; 10_000];
         for algo in [Compressor::Lz4Block, Compressor::Gzip, Compressor::Zstd] {
             let c = compress(algo, &data).unwrap().unwrap();
-            assert!(decompress(algo, &c, data.len() - 1).is_err(), "{algo} short");
+            assert!(
+                decompress(algo, &c, data.len() - 1).is_err(),
+                "{algo} short"
+            );
             assert!(decompress(algo, &c, data.len() + 1).is_err(), "{algo} long");
-            assert!(decompress(algo, &[0xff; 64], 100).is_err(), "{algo} garbage");
+            assert!(
+                decompress(algo, &[0xff; 64], 100).is_err(),
+                "{algo} garbage"
+            );
         }
         assert!(decompress(Compressor::None, &[1, 2, 3], 4).is_err());
     }
