@@ -8,12 +8,14 @@
 //! - [`fs`]: FUSE filesystems: RAFS, passthrough and their composition.
 //! - [`vhost_user`]: the vhost-user-fs device.
 //! - [`api`]: the nydusd-compatible HTTP API on a unix socket.
+//! - [`overlay_helper`]: the `nydus-overlayfs` mount helper.
 //! - [`daemon`]: process wiring, signals and the CLI's run loops.
 
 pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod fs;
+pub mod overlay_helper;
 pub mod rafs;
 pub mod storage;
 pub mod vhost_user;

@@ -3,6 +3,10 @@
 //!
 //! See docs/format.md for the design and ../shared/specs/RAFS-FORMAT.md for the format facts.
 
+pub mod codec;
+pub mod error;
+pub mod layout;
 pub mod types;
 
+pub use error::RafsError;
 pub use types::*;
