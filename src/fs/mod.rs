@@ -1,3 +1,4 @@
 //! FUSE filesystems: RAFS, passthrough, and their composition.
 pub mod passthrough;
+pub mod rafs;
 pub mod vfs;
