@@ -1,3 +1,4 @@
 //! FUSE filesystems: RAFS, passthrough, and their composition.
+pub mod mountroot;
 pub mod passthrough;
 pub mod vfs;
