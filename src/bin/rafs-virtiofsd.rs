@@ -1,1 +1,136 @@
-fn main() {}
+//! rafs-virtiofsd: vhost-user-fs daemon (and FUSE daemon) serving passthrough and Nydus
+//! RAFS filesystems. Command line compatible with the subset of nydusd that Kata uses.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use rafs_virtiofsd::daemon::{self, CommonOptions, StartupMounts, DEFAULT_THREAD_POOL_SIZE};
+
+/// Command line. Options marked global may come before or after the subcommand.
+#[derive(Parser, Debug)]
+#[command(
+    name = "rafs-virtiofsd",
+    version,
+    about = "vhost-user-fs daemon serving passthrough and Nydus RAFS filesystems"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+
+    #[command(flatten)]
+    global: GlobalOpts,
+
+    /// FUSE mode without the `fuse` subcommand: where to mount.
+    #[arg(long, short = 'M', global = true)]
+    mountpoint: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct GlobalOpts {
+    /// HTTP API unix socket.
+    #[arg(long, short = 'A', global = true)]
+    apisock: Option<PathBuf>,
+    /// RAFS config file (nydusd v1 JSON, v2 JSON or v2 TOML).
+    #[arg(long, short = 'C', global = true)]
+    config: Option<PathBuf>,
+    /// RAFS bootstrap (metadata) file to mount at start-up.
+    #[arg(long, short = 'B', global = true)]
+    bootstrap: Option<PathBuf>,
+    /// Where the start-up RAFS is mounted in the tree.
+    #[arg(long, short = 'm', global = true)]
+    virtual_mountpoint: Option<String>,
+    /// Host directory to pass through at start-up.
+    #[arg(long, short = 's', global = true)]
+    shared_dir: Option<PathBuf>,
+    /// Log level: trace, debug, info, warn, error.
+    #[arg(long, short = 'l', global = true, default_value = "info")]
+    log_level: String,
+    /// Threads that serve FUSE requests (0: serve on the queue threads).
+    #[arg(long, global = true, default_value_t = DEFAULT_THREAD_POOL_SIZE)]
+    thread_pool_size: usize,
+    /// Daemon id reported by the API.
+    #[arg(long, global = true)]
+    id: Option<String>,
+    /// Accepted for nydusd compatibility; RLIMIT_NOFILE is always raised to the hard limit.
+    #[arg(long, global = true, hide = true)]
+    rlimit_nofile: Option<u64>,
+    /// Accepted for nydusd compatibility and ignored.
+    #[arg(long, global = true, hide = true)]
+    supervisor: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Serve a vhost-user-fs device to a VMM (QEMU, cloud-hypervisor).
+    Virtiofs(VirtiofsOpts),
+    /// Mount the tree on the host through /dev/fuse.
+    Fuse,
+}
+
+#[derive(Args, Debug)]
+struct VirtiofsOpts {
+    /// vhost-user socket to listen on.
+    #[arg(long)]
+    sock: PathBuf,
+    /// Number of request queues offered (the hiprio queue is extra).
+    #[arg(long, default_value_t = 1)]
+    num_request_queues: usize,
+    /// Accepted for nydusd/Kata compatibility; no effect.
+    #[arg(long)]
+    hybrid_mode: bool,
+    /// virtiofsd option Kata passes by default; accepted and ignored.
+    #[arg(long, hide = true)]
+    announce_submounts: bool,
+    /// virtiofsd option; accepted and ignored.
+    #[arg(long, hide = true)]
+    cache: Option<String>,
+    /// virtiofsd option; accepted and ignored.
+    #[arg(long, hide = true)]
+    sandbox: Option<String>,
+    /// virtiofsd option; accepted and ignored.
+    #[arg(long, hide = true)]
+    seccomp: Option<String>,
+    /// virtiofsd option; accepted and ignored (xattrs are always on).
+    #[arg(long, hide = true)]
+    xattr: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = daemon::init_logging(&cli.global.log_level) {
+        eprintln!("rafs-virtiofsd: {e}");
+        return ExitCode::from(2);
+    }
+    daemon::raise_nofile_limit();
+    let g = &cli.global;
+    let common = CommonOptions {
+        apisock: g.apisock.clone(),
+        thread_pool_size: g.thread_pool_size,
+        id: g.id.clone(),
+        mounts: StartupMounts {
+            bootstrap: g.bootstrap.clone(),
+            config: g.config.clone(),
+            virtual_mountpoint: g.virtual_mountpoint.clone(),
+            shared_dir: g.shared_dir.clone(),
+        },
+    };
+    let r = match &cli.mode {
+        Some(Mode::Virtiofs(v)) => daemon::run_virtiofs(&v.sock, v.num_request_queues, &common),
+        Some(Mode::Fuse) | None => match &cli.mountpoint {
+            Some(m) => daemon::run_fuse(m, &common),
+            None => {
+                eprintln!("rafs-virtiofsd: give `virtiofs --sock S` or `--mountpoint M` (FUSE)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("rafs-virtiofsd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -4,6 +4,8 @@
 //! [`BlobBackend`]: a range read of a blob by id. Everything between (ci arrays, cache,
 //! single-flight, amplification, verification) lives behind these two traits.
 
+pub mod registry;
+
 use std::sync::Arc;
 
 use crate::rafs::ChunkRef;

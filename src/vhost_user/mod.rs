@@ -1,1 +1,391 @@
-//! The vhost-user-fs device.
+//! The vhost-user-fs device: a vhost-user-backend backend that pops FUSE requests from the
+//! virtqueues and serves them with fuse-backend-rs's `Server` over the daemon's [`Vfs`].
+//!
+//! Queues: queue 0 is the hiprio queue (FORGET/INTERRUPT), queues 1..=N are request queues.
+//! Each queue has its own epoll worker thread (vhost-user-backend `queues_per_thread`). The
+//! worker of a request queue pops descriptor chains and hands each to a shared
+//! [`ThreadPool`]; the pool thread decodes the request, runs it, writes the reply into guest
+//! memory, then, under the vring lock, adds the used element and signals the guest if
+//! EVENT_IDX says it wants a notification. Hiprio requests are handled inline.
+//!
+//! Connections: [`serve`] accepts one VMM connection at a time on a [`Listener`]; when the
+//! VMM goes away it waits for in-flight requests, drops the per-connection state and
+//! accepts again. The [`FsTree`] (mounts, inodes) is kept across connections.
+
+pub mod pool;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fuse_backend_rs::api::filesystem::FileSystem;
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::api::Vfs;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::fs::vfs::{FsMetrics, FsTree};
+use pool::ThreadPool;
+
+/// Largest virtqueue size accepted (QEMU and cloud-hypervisor default to 1024).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Upper bound for `--num-request-queues` (queue masks are 64-bit; one thread per queue).
+pub const MAX_REQUEST_QUEUES: usize = 16;
+/// Index of the hiprio queue.
+const HIPRIO_QUEUE: usize = 0;
+
+/// Virtio feature bits offered: VERSION_1, RING_INDIRECT_DESC, RING_EVENT_IDX and
+/// VHOST_USER_F_PROTOCOL_FEATURES.
+pub const VIRTIO_FEATURES: u64 = (1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1)
+    | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC)
+    | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
+
+type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
+type Vring = VringRwLock<GuestMem>;
+type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>;
+
+/// Errors of the vhost-user device.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserFsError {
+    /// Binding the vhost-user socket failed.
+    #[error("cannot listen on vhost-user socket {path}: {source}")]
+    Listen {
+        /// Socket path.
+        path: String,
+        /// Underlying error.
+        source: vhost::vhost_user::Error,
+    },
+    /// vhost-user-backend failed to set up or run a connection.
+    #[error("vhost-user daemon: {0}")]
+    Daemon(String),
+    /// A system call failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Settings of the device, fixed for the daemon's lifetime.
+#[derive(Clone)]
+pub struct DeviceConfig {
+    /// Number of request queues offered (the hiprio queue comes on top).
+    pub num_request_queues: usize,
+    /// Requests of the request queues are run on this pool (None: inline on the queue's
+    /// worker thread).
+    pub pool: Option<Arc<ThreadPool>>,
+}
+
+/// Per-connection backend state.
+pub struct VhostUserFsBackend {
+    server: Arc<Server<Arc<Vfs>>>,
+    metrics: Arc<FsMetrics>,
+    cfg: DeviceConfig,
+    event_idx: AtomicBool,
+    mem: Mutex<Option<GuestMem>>,
+    inflight: Arc<AtomicUsize>,
+    exit_notifiers: Mutex<Vec<EventNotifier>>,
+}
+
+impl VhostUserFsBackend {
+    /// New backend state for one VMM connection, serving `tree`.
+    pub fn new(tree: &FsTree, cfg: DeviceConfig) -> Self {
+        VhostUserFsBackend {
+            server: Arc::new(Server::new(tree.vfs())),
+            metrics: tree.metrics_hook(),
+            cfg,
+            event_idx: AtomicBool::new(false),
+            mem: Mutex::new(None),
+            inflight: Arc::new(AtomicUsize::new(0)),
+            exit_notifiers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Waits (up to `timeout`) until no request handed to the pool is still running.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while self.inflight.load(Ordering::Acquire) != 0 {
+            if start.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Stops this connection's vring worker threads.
+    pub fn stop_workers(&self) {
+        for n in self
+            .exit_notifiers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = n.notify();
+        }
+    }
+
+    fn process_queue(&self, qidx: usize, vring: &Vring) -> io::Result<()> {
+        let mem = match self.mem.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(m) => m.memory(),
+            None => return Ok(()),
+        };
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        loop {
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            let chains: Vec<Chain> = {
+                let mut state = vring.get_mut();
+                state
+                    .get_queue_mut()
+                    .iter(mem.clone())
+                    .map_err(io::Error::other)?
+                    .collect()
+            };
+            for chain in chains {
+                self.dispatch(qidx, vring, chain);
+            }
+            if !event_idx {
+                break;
+            }
+            // Re-enable notifications; if the guest added buffers meanwhile, go again.
+            if !vring.enable_notification().map_err(io::Error::other)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch(&self, qidx: usize, vring: &Vring, chain: Chain) {
+        let server = self.server.clone();
+        let metrics = self.metrics.clone();
+        let vring = vring.clone();
+        match (&self.cfg.pool, qidx) {
+            (Some(pool), q) if q != HIPRIO_QUEUE => {
+                let inflight = self.inflight.clone();
+                inflight.fetch_add(1, Ordering::AcqRel);
+                pool.execute(move || {
+                    handle_chain(&server, &metrics, &vring, chain);
+                    inflight.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+            _ => handle_chain(&server, &metrics, &vring, chain),
+        }
+    }
+}
+
+/// Serves one FUSE request and completes its descriptor chain.
+fn handle_chain(server: &Server<Arc<Vfs>>, metrics: &FsMetrics, vring: &Vring, chain: Chain) {
+    let head = chain.head_index();
+    let mem = chain.memory();
+    let len = match Reader::from_descriptor_chain(mem, chain.clone())
+        .and_then(|r| VirtioFsWriter::new(mem, chain.clone()).map(|w| (r, w)))
+    {
+        Ok((reader, writer)) => {
+            match server.handle_message(reader, writer.into(), None, Some(metrics)) {
+                Ok(n) => n as u32,
+                Err(e) => {
+                    log::warn!("failed to handle FUSE request: {e:?}");
+                    0
+                }
+            }
+        }
+        Err(e) => {
+            log::warn!("invalid descriptor chain: {e:?}");
+            0
+        }
+    };
+    // Completion and notification happen under one vring lock, so concurrent completions
+    // from pool threads cannot lose an EVENT_IDX notification.
+    let mut state = vring.get_mut();
+    if let Err(e) = state.add_used(head, len) {
+        log::warn!("cannot add used descriptor {head}: {e:?}");
+        return;
+    }
+    match state.needs_notification() {
+        Ok(true) => {
+            if let Err(e) = state.signal_used_queue() {
+                log::warn!("cannot signal used queue: {e}");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => log::warn!("cannot check notification: {e:?}"),
+    }
+}
+
+impl VhostUserBackend for VhostUserFsBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        1 + self.cfg.num_request_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        *self.mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        let keep = notifier.try_clone().ok()?;
+        self.exit_notifiers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(keep);
+        Some((consumer, notifier))
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!(
+                "unexpected event set {evset:?} on queue event {device_event}"
+            )));
+        }
+        // One queue per thread: the thread id is the queue index, the event its slot.
+        let vring = vrings
+            .get(device_event as usize)
+            .ok_or_else(|| io::Error::other(format!("bad queue event {device_event}")))?;
+        self.process_queue(thread_id, vring)
+    }
+}
+
+/// Binds the vhost-user socket at `path`, removing a stale socket file first.
+pub fn listen(path: &Path) -> Result<Listener, VhostUserFsError> {
+    Listener::new(path, true).map_err(|e| VhostUserFsError::Listen {
+        path: path.display().to_string(),
+        source: e,
+    })
+}
+
+/// Waits until `fd` is readable or `timeout_ms` passes. Returns whether it is readable.
+fn poll_readable(fd: i32, timeout_ms: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd array of length 1 that lives across the call.
+    let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(r > 0 && pfd.revents & libc::POLLIN != 0)
+}
+
+/// Serves VMM connections on `listener`, one at a time, until `stop` is set (checked while
+/// no VMM is connected; a connected VMM is served until it disconnects).
+/// `on_connect` is called with `true` when a VMM connects and `false` when it leaves.
+pub fn serve(
+    listener: &mut Listener,
+    tree: Arc<FsTree>,
+    cfg: DeviceConfig,
+    stop: Arc<AtomicBool>,
+    on_connect: &(dyn Fn(bool) + Sync),
+) -> Result<(), VhostUserFsError> {
+    loop {
+        while !poll_readable(listener.as_raw_fd(), 100)? {
+            if stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+        if stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let backend = Arc::new(VhostUserFsBackend::new(&tree, cfg.clone()));
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new("rafs-virtiofsd".into(), backend.clone(), mem)
+            .map_err(|e| VhostUserFsError::Daemon(e.to_string()))?;
+        daemon
+            .start(listener)
+            .map_err(|e| VhostUserFsError::Daemon(e.to_string()))?;
+        log::info!("vhost-user: VMM connected");
+        on_connect(true);
+        match daemon.wait() {
+            Ok(()) => log::info!("vhost-user: VMM disconnected"),
+            Err(e) => log::info!("vhost-user: connection ended: {e}"),
+        }
+        backend.stop_workers();
+        drop(daemon);
+        if !backend.drain(Duration::from_secs(5)) {
+            log::warn!("vhost-user: requests still running 5 s after disconnect");
+        }
+        // Forget the guest's FUSE session (inodes, handles, INIT state) so that the next
+        // VMM can send FUSE_INIT again. Mounts stay.
+        FileSystem::destroy(&*tree.vfs());
+        on_connect(false);
+        log::info!("vhost-user: listening for a new connection");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(n: usize) -> VhostUserFsBackend {
+        VhostUserFsBackend::new(
+            &FsTree::new(),
+            DeviceConfig {
+                num_request_queues: n,
+                pool: None,
+            },
+        )
+    }
+
+    #[test]
+    fn queue_layout_and_features() {
+        let b = backend(3);
+        assert_eq!(b.num_queues(), 4);
+        assert_eq!(b.queues_per_thread(), vec![1, 2, 4, 8]);
+        assert_eq!(b.max_queue_size(), 1024);
+        let f = b.features();
+        for bit in [32, 28, 29, 30] {
+            assert_ne!(f & (1 << bit), 0, "feature bit {bit}");
+        }
+        let p = b.protocol_features();
+        assert!(p.contains(VhostUserProtocolFeatures::MQ));
+        assert!(p.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS));
+        assert!(p.contains(VhostUserProtocolFeatures::REPLY_ACK));
+    }
+}

@@ -1,0 +1,474 @@
+//! The pseudo-fs composition: one fuse-backend-rs [`Vfs`] whose read-only pseudo root holds
+//! passthrough and RAFS filesystems mounted at arbitrary paths, at start-up (CLI) or at run
+//! time (HTTP API), plus the bookkeeping the API reports (mount table, per-fs counters).
+//!
+//! The same [`FsTree`] is served by the vhost-user device and by FUSE mode, and it outlives
+//! VMM connections, so a reconnecting VMM finds the same mounts.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fuse_backend_rs::abi::fuse_abi::{FsOptions, InHeader, OutHeader};
+use fuse_backend_rs::api::server::MetricsHook;
+use fuse_backend_rs::api::{BackFileSystem, Vfs, VfsOptions};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use super::passthrough::{new_passthrough, PassthroughError};
+
+/// Bits of a VFS inode number that select the backend filesystem (fuse-backend-rs layout).
+const VFS_INDEX_SHIFT: u32 = 56;
+/// FUSE opcode of READ.
+const FUSE_READ: u32 = 15;
+/// FUSE opcode of WRITE.
+const FUSE_WRITE: u32 = 16;
+/// Size of a FUSE out header, subtracted from READ replies to count payload bytes.
+const OUT_HEADER_LEN: u32 = 16;
+/// Size of a FUSE in header plus a write_in, subtracted from WRITE requests.
+const WRITE_HEADERS_LEN: u32 = 40 + 40;
+
+/// The kinds of filesystem that can be mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    /// A writable passthrough of a host directory.
+    Passthrough,
+    /// A read-only Nydus RAFS image.
+    Rafs,
+}
+
+impl FsType {
+    /// Parses the API's `fs_type` (nydusd spellings accepted).
+    pub fn parse(s: &str) -> Result<Self, MountError> {
+        match s {
+            "passthrough_fs" | "passthrough" | "passthroughfs" => Ok(FsType::Passthrough),
+            "rafs" => Ok(FsType::Rafs),
+            other => Err(MountError::UnknownFsType(other.to_string())),
+        }
+    }
+
+    /// The name reported as `backend_type` by `GET /api/v1/daemon` (nydusd's spelling).
+    pub fn backend_type(self) -> &'static str {
+        match self {
+            FsType::Passthrough => "PassthroughFs",
+            FsType::Rafs => "Rafs",
+        }
+    }
+}
+
+/// Errors of mount and umount operations; each maps to an HTTP status in the API.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// `fs_type` is not one we know.
+    #[error("unknown fs_type {0:?} (expected passthrough_fs, passthrough, passthroughfs or rafs)")]
+    UnknownFsType(String),
+    /// The mountpoint is not an absolute, normalised path.
+    #[error("invalid mountpoint {0:?}: {1}")]
+    BadMountpoint(String, &'static str),
+    /// Something is already mounted there.
+    #[error("mountpoint {0} is already mounted")]
+    AlreadyMounted(String),
+    /// Nothing is mounted there.
+    #[error("mountpoint {0} is not mounted")]
+    NotMounted(String),
+    /// The passthrough filesystem could not be created.
+    #[error(transparent)]
+    Passthrough(#[from] PassthroughError),
+    /// The RAFS filesystem could not be created (bad config, bad bootstrap, ...).
+    #[error("cannot mount RAFS: {0}")]
+    Rafs(String),
+    /// The VFS refused the mount or umount.
+    #[error("vfs error: {0}")]
+    Vfs(String),
+}
+
+impl MountError {
+    /// The HTTP status the API answers with for this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            MountError::UnknownFsType(_) | MountError::BadMountpoint(..) => 400,
+            MountError::NotMounted(_) => 404,
+            MountError::AlreadyMounted(_) => 409,
+            MountError::Passthrough(_) | MountError::Rafs(_) | MountError::Vfs(_) => 500,
+        }
+    }
+}
+
+/// One mounted filesystem, as reported by the API.
+#[derive(Debug, Clone)]
+pub struct MountRecord {
+    /// What kind of filesystem.
+    pub fs_type: FsType,
+    /// Host source (directory or bootstrap path).
+    pub source: String,
+    /// Normalised mountpoint in the pseudo tree.
+    pub mountpoint: String,
+    /// Seconds since the epoch when it was mounted.
+    pub mounted_time: u64,
+    /// The RAFS config with secrets removed (null for passthrough).
+    pub config: Value,
+    /// The VFS superblock index.
+    pub fs_idx: u8,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    read_ops: AtomicU64,
+    read_bytes: AtomicU64,
+    write_ops: AtomicU64,
+    write_bytes: AtomicU64,
+}
+
+impl Counters {
+    fn reset(&self) {
+        for c in [
+            &self.requests,
+            &self.errors,
+            &self.read_ops,
+            &self.read_bytes,
+            &self.write_ops,
+            &self.write_bytes,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "requests": self.requests.load(Ordering::Relaxed),
+            "errors": self.errors.load(Ordering::Relaxed),
+            "read_ops": self.read_ops.load(Ordering::Relaxed),
+            "read_bytes": self.read_bytes.load(Ordering::Relaxed),
+            "write_ops": self.write_ops.load(Ordering::Relaxed),
+            "write_bytes": self.write_bytes.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Per-filesystem request counters, fed by fuse-backend-rs's [`MetricsHook`] from every
+/// transport (virtio-fs queues and /dev/fuse).
+pub struct FsMetrics {
+    per_fs: Vec<Counters>,
+}
+
+thread_local! {
+    /// (fs index, opcode, in length) of the request this thread is handling, set in
+    /// `collect` and read in `release` (both run on the thread that handles the request).
+    static CURRENT: Cell<(u8, u32, u32)> = const { Cell::new((0, 0, 0)) };
+}
+
+impl FsMetrics {
+    fn new() -> Self {
+        FsMetrics {
+            per_fs: (0..256).map(|_| Counters::default()).collect(),
+        }
+    }
+}
+
+impl MetricsHook for FsMetrics {
+    fn collect(&self, ih: &InHeader) {
+        let idx = (ih.nodeid >> VFS_INDEX_SHIFT) as u8;
+        CURRENT.with(|c| c.set((idx, ih.opcode, ih.len)));
+        let c = &self.per_fs[idx as usize];
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        if ih.opcode == FUSE_WRITE {
+            c.write_ops.fetch_add(1, Ordering::Relaxed);
+            c.write_bytes.fetch_add(
+                u64::from(ih.len.saturating_sub(WRITE_HEADERS_LEN)),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn release(&self, oh: Option<&OutHeader>) {
+        let (idx, opcode, _) = CURRENT.with(|c| c.get());
+        let c = &self.per_fs[idx as usize];
+        if let Some(oh) = oh {
+            if oh.error != 0 {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+            } else if opcode == FUSE_READ {
+                c.read_ops.fetch_add(1, Ordering::Relaxed);
+                c.read_bytes.fetch_add(
+                    u64::from(oh.len.saturating_sub(OUT_HEADER_LEN)),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+}
+
+/// The VFS options used for every transport: like nydusd in Kata (open/opendir served,
+/// killpriv_v2, writeback), without DAX (no FUSE_SETUPMAPPING support).
+pub fn vfs_options() -> VfsOptions {
+    let mut opts = VfsOptions {
+        no_open: false,
+        no_opendir: false,
+        no_writeback: false,
+        killpriv_v2: true,
+        ..VfsOptions::default()
+    };
+    opts.out_opts.remove(FsOptions::PERFILE_DAX);
+    opts
+}
+
+/// Checks that `mp` is an absolute path without `.`/`..` components and returns it in
+/// normal form (no repeated or trailing slashes).
+pub fn normalize_mountpoint(mp: &str) -> Result<String, MountError> {
+    if !mp.starts_with('/') {
+        return Err(MountError::BadMountpoint(mp.into(), "must be absolute"));
+    }
+    if mp.contains('\0') {
+        return Err(MountError::BadMountpoint(mp.into(), "contains NUL"));
+    }
+    let mut out = String::new();
+    for comp in mp.split('/').filter(|c| !c.is_empty()) {
+        if comp == "." || comp == ".." {
+            return Err(MountError::BadMountpoint(
+                mp.into(),
+                "must not contain . or ..",
+            ));
+        }
+        if comp.len() > 255 {
+            return Err(MountError::BadMountpoint(mp.into(), "component too long"));
+        }
+        out.push('/');
+        out.push_str(comp);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Removes secrets (registry auth, tokens, object-store keys) from a config before it is
+/// reported by the API.
+pub fn redact_secrets(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let lk = k.to_ascii_lowercase();
+                if matches!(
+                    lk.as_str(),
+                    "auth" | "registry_token" | "access_key_id" | "access_key_secret" | "password"
+                ) {
+                    *val = Value::String(String::new());
+                } else {
+                    redact_secrets(val);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
+}
+
+/// The daemon's filesystem tree: the [`Vfs`] plus its mount table and counters.
+pub struct FsTree {
+    vfs: Arc<Vfs>,
+    mounts: Mutex<BTreeMap<String, MountRecord>>,
+    metrics: Arc<FsMetrics>,
+}
+
+impl Default for FsTree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FsTree {
+    /// An empty tree (just the pseudo root).
+    pub fn new() -> Self {
+        FsTree {
+            vfs: Arc::new(Vfs::new(vfs_options())),
+            mounts: Mutex::new(BTreeMap::new()),
+            metrics: Arc::new(FsMetrics::new()),
+        }
+    }
+
+    /// The VFS to hand to a fuse-backend-rs `Server`.
+    pub fn vfs(&self) -> Arc<Vfs> {
+        self.vfs.clone()
+    }
+
+    /// The metrics hook to pass to `Server::handle_message`.
+    pub fn metrics_hook(&self) -> Arc<FsMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Mounts a filesystem of type `fs_type` from `source` at `mountpoint`. `config` is the
+    /// RAFS config text (ignored for passthrough).
+    pub fn mount(
+        &self,
+        fs_type: FsType,
+        source: &str,
+        config: &str,
+        mountpoint: &str,
+    ) -> Result<(), MountError> {
+        let mp = normalize_mountpoint(mountpoint)?;
+        // Held across the whole mount so two racing mounts of one path cannot both succeed.
+        let mut mounts = self.mounts.lock();
+        if mounts.contains_key(&mp) {
+            return Err(MountError::AlreadyMounted(mp));
+        }
+        let (fs, cfg_json): (BackFileSystem, Value) = match fs_type {
+            FsType::Passthrough => (Box::new(new_passthrough(Path::new(source))?), Value::Null),
+            FsType::Rafs => open_rafs(Path::new(source), config)?,
+        };
+        let fs: BackFileSystem = Box::new(super::mountroot::MountRootFs(fs));
+        let fs_idx = self
+            .vfs
+            .mount(fs, &mp)
+            .map_err(|e| MountError::Vfs(format!("{e:?}")))?;
+        self.metrics.per_fs[fs_idx as usize].reset();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        log::info!("mounted {} {source} at {mp}", fs_type.backend_type());
+        mounts.insert(
+            mp.clone(),
+            MountRecord {
+                fs_type,
+                source: source.to_string(),
+                mountpoint: mp,
+                mounted_time: now,
+                config: cfg_json,
+                fs_idx,
+            },
+        );
+        Ok(())
+    }
+
+    /// Unmounts whatever is mounted at `mountpoint`; the pseudo directory stays (empty).
+    pub fn umount(&self, mountpoint: &str) -> Result<(), MountError> {
+        let mp = normalize_mountpoint(mountpoint)?;
+        let mut mounts = self.mounts.lock();
+        if !mounts.contains_key(&mp) {
+            return Err(MountError::NotMounted(mp));
+        }
+        self.vfs
+            .umount(&mp)
+            .map_err(|e| MountError::Vfs(format!("{e:?}")))?;
+        mounts.remove(&mp);
+        log::info!("unmounted {mp}");
+        Ok(())
+    }
+
+    /// A copy of the mount table.
+    pub fn mounts(&self) -> Vec<MountRecord> {
+        self.mounts.lock().values().cloned().collect()
+    }
+
+    /// `backend_collection` of `GET /api/v1/daemon`.
+    pub fn backend_collection(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for r in self.mounts.lock().values() {
+            m.insert(
+                r.mountpoint.clone(),
+                json!({
+                    "backend_type": r.fs_type.backend_type(),
+                    "mountpoint": r.mountpoint,
+                    "source": r.source,
+                    "mounted_time": r.mounted_time,
+                    "config": r.config,
+                }),
+            );
+        }
+        Value::Object(m)
+    }
+
+    /// Per-filesystem counters for `GET /api/v1/metrics`.
+    pub fn metrics_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for r in self.mounts.lock().values() {
+            let mut v = self.metrics.per_fs[r.fs_idx as usize].to_json();
+            if let Value::Object(o) = &mut v {
+                o.insert("backend_type".into(), r.fs_type.backend_type().into());
+                if let Some(extra) = backend_metrics(&self.vfs, &r.mountpoint) {
+                    o.insert("backend".into(), extra);
+                }
+            }
+            m.insert(r.mountpoint.clone(), v);
+        }
+        m.insert("/".into(), self.metrics.per_fs[0].to_json());
+        Value::Object(m)
+    }
+}
+
+/// Filesystem-specific metrics (RAFS storage counters) if the backend offers them.
+fn backend_metrics(vfs: &Vfs, mountpoint: &str) -> Option<Value> {
+    let (fs, _) = vfs.get_rootfs(mountpoint).ok()??;
+    rafs_metrics(fs.as_any())
+}
+
+fn rafs_metrics(_fs: &dyn std::any::Any) -> Option<Value> {
+    None
+}
+
+/// Opens a RAFS filesystem. Returns the backend and its config (secrets removed) for the API.
+fn open_rafs(_bootstrap: &Path, _config: &str) -> Result<(BackFileSystem, Value), MountError> {
+    Err(MountError::Rafs(
+        "RAFS filesystem support is not available in this build yet".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountpoints_are_normalised() {
+        assert_eq!(normalize_mountpoint("/a//b/").unwrap(), "/a/b");
+        assert_eq!(normalize_mountpoint("/").unwrap(), "/");
+        assert!(normalize_mountpoint("a/b").is_err());
+        assert!(normalize_mountpoint("/a/../b").is_err());
+    }
+
+    #[test]
+    fn fs_types() {
+        for t in ["passthrough_fs", "passthrough", "passthroughfs"] {
+            assert_eq!(FsType::parse(t).unwrap(), FsType::Passthrough);
+        }
+        assert_eq!(FsType::parse("rafs").unwrap(), FsType::Rafs);
+        assert!(FsType::parse("").is_err());
+    }
+
+    #[test]
+    fn redacts() {
+        let mut v = json!({"device":{"backend":{"config":{"auth":"c2VjcmV0","host":"h"}}}});
+        redact_secrets(&mut v);
+        assert_eq!(v["device"]["backend"]["config"]["auth"], "");
+        assert_eq!(v["device"]["backend"]["config"]["host"], "h");
+    }
+
+    #[test]
+    fn mount_umount_passthrough() {
+        let d = tempfile::tempdir().unwrap();
+        let t = FsTree::new();
+        let src = d.path().to_str().unwrap();
+        t.mount(FsType::Passthrough, src, "", "/containers")
+            .unwrap();
+        let e = t
+            .mount(FsType::Passthrough, src, "", "/containers/")
+            .unwrap_err();
+        assert!(matches!(e, MountError::AlreadyMounted(_)));
+        assert_eq!(t.mounts().len(), 1);
+        assert_eq!(
+            t.backend_collection()["/containers"]["backend_type"],
+            "PassthroughFs"
+        );
+        t.umount("/containers").unwrap();
+        assert!(matches!(
+            t.umount("/containers").unwrap_err(),
+            MountError::NotMounted(_)
+        ));
+        // A second mount at the same place works after the umount.
+        t.mount(FsType::Passthrough, src, "", "/containers")
+            .unwrap();
+    }
+}

@@ -1,0 +1,181 @@
+//! Command-line compatibility (Kata's argv variants, KATA-CONTRACT.md §1.2) and signal
+//! handling of the real binary.
+
+mod support;
+
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+fn start(dir: &std::path::Path, args: &[&str]) -> Daemon {
+    let d = Daemon::spawn(args);
+    assert!(
+        wait_running(&dir.join("api.sock"), Duration::from_secs(10)),
+        "daemon with {args:?} never reported RUNNING"
+    );
+    assert!(dir.join("vhost.sock").exists());
+    d
+}
+
+fn paths(dir: &std::path::Path) -> (String, String) {
+    (
+        dir.join("api.sock").display().to_string(),
+        dir.join("vhost.sock").display().to_string(),
+    )
+}
+
+fn stop_quickly(mut d: Daemon, sig: i32) {
+    let (took, code) = d
+        .signal_and_wait(sig, Duration::from_secs(3))
+        .expect("daemon did not exit on signal");
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+    assert_eq!(code, 0, "exit status");
+}
+
+#[test]
+fn kata_go_argv() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, s) = paths(t.path());
+    let d = start(
+        t.path(),
+        &[
+            "virtiofs",
+            "--log-level",
+            "info",
+            "--apisock",
+            &a,
+            "--sock",
+            &s,
+        ],
+    );
+    stop_quickly(d, libc::SIGTERM);
+    assert!(
+        !t.path().join("api.sock").exists(),
+        "API socket left behind"
+    );
+    assert!(
+        !t.path().join("vhost.sock").exists(),
+        "vhost socket left behind"
+    );
+}
+
+#[test]
+fn kata_runtime_rs_argv_with_hybrid_mode_second() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, s) = paths(t.path());
+    let d = start(
+        t.path(),
+        &[
+            "virtiofs",
+            "--hybrid-mode",
+            "--log-level",
+            "info",
+            "--apisock",
+            &a,
+            "--sock",
+            &s,
+        ],
+    );
+    stop_quickly(d, libc::SIGINT);
+}
+
+#[test]
+fn kata_default_virtiofsd_extra_args_accepted() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, s) = paths(t.path());
+    let d = start(
+        t.path(),
+        &[
+            "virtiofs",
+            "--log-level",
+            "debug",
+            "--apisock",
+            &a,
+            "--sock",
+            &s,
+            "--thread-pool-size=1",
+            "--announce-submounts",
+        ],
+    );
+    stop_quickly(d, libc::SIGTERM);
+}
+
+#[test]
+fn global_options_before_subcommand_and_stale_sockets() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, s) = paths(t.path());
+    // Stale files at both paths must be replaced.
+    std::fs::write(&a, b"stale").unwrap();
+    std::fs::write(&s, b"stale").unwrap();
+    let d = Daemon::spawn(&[
+        "--apisock",
+        &a,
+        "-l",
+        "warn",
+        "virtiofs",
+        "--sock",
+        &s,
+        "--num-request-queues",
+        "2",
+    ]);
+    assert!(wait_running(
+        &t.path().join("api.sock"),
+        Duration::from_secs(10)
+    ));
+    UnixStream::connect(&s).expect("vhost-user socket accepts");
+    stop_quickly(d, libc::SIGTERM);
+}
+
+#[test]
+fn sigterm_while_vmm_connected() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, s) = paths(t.path());
+    let d = start(t.path(), &["virtiofs", "--apisock", &a, "--sock", &s]);
+    let _vmm = UnixStream::connect(&s).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stop_quickly(d, libc::SIGTERM);
+}
+
+#[test]
+fn standalone_shared_dir() {
+    let t = tempfile::tempdir().unwrap();
+    let share = tempfile::tempdir().unwrap();
+    let (a, s) = paths(t.path());
+    let d = start(
+        t.path(),
+        &[
+            "virtiofs",
+            "--sock",
+            &s,
+            "--apisock",
+            &a,
+            "--shared-dir",
+            share.path().to_str().unwrap(),
+        ],
+    );
+    let r = http(&t.path().join("api.sock"), "GET", "/api/v1/daemon", None);
+    assert_eq!(
+        r.json()["backend_collection"]["/"]["backend_type"],
+        "PassthroughFs"
+    );
+    stop_quickly(d, libc::SIGTERM);
+}
+
+#[test]
+fn bad_arguments_fail_fast() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, s) = paths(t.path());
+    for args in [
+        vec!["virtiofs"],                                      // --sock missing
+        vec!["virtiofs", "--sock", &s, "--no-such-option"],    // unknown option
+        vec!["virtiofs", "--sock", &s, "--log-level", "loud"], // bad level
+        vec!["virtiofs", "--sock", &s, "--num-request-queues", "0"],
+        vec!["virtiofs", "--sock", &s, "--shared-dir", "/nonexistent/dir"],
+    ] {
+        let out = Command::new(bin()).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!out.stderr.is_empty(), "{args:?} should say why");
+    }
+}

@@ -1,0 +1,369 @@
+//! Test helpers: a real Debian `docker-registry` on 127.0.0.1, and a tiny scripted HTTP
+//! server for protocol cases a real registry won't produce.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+
+/// A free TCP port on 127.0.0.1 (the registry binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `docker-registry serve` with its own storage and access log.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    /// `user:password` when htpasswd auth is on.
+    pub basic: Option<(String, String)>,
+}
+
+impl Registry {
+    /// Start a registry; with `basic`, htpasswd (bcrypt via `htpasswd -B`) auth is on.
+    pub fn start(basic: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut auth = String::new();
+        if let Some((u, p)) = basic {
+            let htp = dir.path().join("htpasswd");
+            let st = Command::new("htpasswd")
+                .args(["-Bbc", htp.to_str().unwrap(), u, p])
+                .stderr(Stdio::null())
+                .status()
+                .expect("htpasswd (apache2-utils) is needed; hack/setup.sh installs it");
+            assert!(st.success());
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                htp.display()
+            );
+        }
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("registry.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", cfg.to_str().unwrap()])
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("docker-registry is needed; hack/setup.sh installs it");
+        let reg = Registry {
+            child,
+            port,
+            dir,
+            log,
+            basic: basic.map(|(u, p)| (u.to_string(), p.to_string())),
+        };
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "registry did not start: {}",
+                std::fs::read_to_string(&reg.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reg
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn auth_header(&self) -> Option<String> {
+        use base64::Engine;
+        self.basic.as_ref().map(|(u, p)| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        })
+    }
+
+    /// Push `data` as a blob of `repo` (monolithic upload); returns its hex sha256.
+    pub fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let hexd = hex::encode(sha2::Sha256::digest(data));
+        let auth = self.auth_header();
+        let (status, headers, _) = http(
+            "POST",
+            &self.host(),
+            &format!("/v2/{repo}/blobs/uploads/"),
+            auth.as_deref(),
+            &[],
+        );
+        assert_eq!(status, 202, "upload start");
+        let loc = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("location"))
+            .map(|(_, v)| v.clone())
+            .expect("Location");
+        let path = loc
+            .strip_prefix(&format!("http://{}", self.host()))
+            .unwrap_or(&loc)
+            .to_string();
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (status, _, body) = http(
+            "PUT",
+            &self.host(),
+            &format!("{path}{sep}digest=sha256:{hexd}"),
+            auth.as_deref(),
+            data,
+        );
+        assert_eq!(
+            status,
+            201,
+            "upload put: {}",
+            String::from_utf8_lossy(&body)
+        );
+        hexd
+    }
+
+    /// Bytes served for GETs of blob `hex`, summed from the access log.
+    pub fn served_bytes(&self, hex: &str) -> u64 {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(hex))
+            .filter_map(|l| {
+                // ... "GET /v2/... HTTP/1.1" 206 12345 "-" ...
+                let after = l.split("HTTP/1.1\" ").nth(1)?;
+                let mut it = after.split_whitespace();
+                let _status = it.next()?;
+                it.next()?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking one-shot HTTP/1.1 request (Connection: close).
+pub fn http(
+    method: &str,
+    host: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(host).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(a) = auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("Content-Type: application/octet-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    (status, headers, rest)
+}
+
+/// A request seen by [`FakeServer`].
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A canned answer.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Sleep this long before answering (to provoke timeouts).
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+type Handler = dyn Fn(&SeenRequest) -> Reply + Send + Sync;
+
+/// A scripted HTTP/1.1 server on a loopback address; every request is recorded.
+pub struct FakeServer {
+    pub addr: String,
+    pub seen: Arc<Mutex<Vec<SeenRequest>>>,
+}
+
+impl FakeServer {
+    pub fn start(
+        ip: &str,
+        handler: impl Fn(&SeenRequest) -> Reply + Send + Sync + 'static,
+    ) -> FakeServer {
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let h: Arc<Handler> = Arc::new(handler);
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { return };
+                let h = h.clone();
+                let seen = seen2.clone();
+                std::thread::spawn(move || serve_conn(conn, &*h, &seen));
+            }
+        });
+        FakeServer { addr, seen }
+    }
+
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve_conn(conn: TcpStream, h: &Handler, seen: &Mutex<Vec<SeenRequest>>) {
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let mut w = conn;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (method, mut path) = (method.to_string(), target.to_string());
+        // Absolute-form targets come through a proxy.
+        if let Some(rest) = path.strip_prefix("http://") {
+            path = rest
+                .find('/')
+                .map(|i| rest[i..].to_string())
+                .unwrap_or("/".into());
+        }
+        let mut headers = Vec::new();
+        let mut clen = 0usize;
+        loop {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                return;
+            }
+            let l = l.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    clen = v.trim().parse().unwrap_or(0);
+                }
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let mut body = vec![0u8; clen];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let req = SeenRequest {
+            method,
+            path,
+            headers,
+        };
+        seen.lock().unwrap().push(req.clone());
+        let rep = h(&req);
+        std::thread::sleep(rep.delay);
+        let mut out = format!(
+            "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
+            rep.status,
+            rep.body.len()
+        );
+        for (k, v) in &rep.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        if w.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+        if req.method != "HEAD" && w.write_all(&rep.body).is_err() {
+            return;
+        }
+    }
+}
+
+/// Serve a Range request over `data` the way a registry does.
+pub fn range_reply(req: &SeenRequest, data: &[u8]) -> Reply {
+    match req.header("range").and_then(|r| r.strip_prefix("bytes=")) {
+        Some(r) => {
+            let (a, b) = r.split_once('-').unwrap();
+            let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+            Reply::new(206, data[a..=b.min(data.len() - 1)].to_vec())
+        }
+        None => Reply::new(200, data.to_vec()),
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

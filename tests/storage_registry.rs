@@ -1,0 +1,321 @@
+//! Registry backend against a real Debian docker-registry on loopback, and against scripted
+//! servers for Bearer tokens, redirects, retries, timeouts and the Dragonfly proxy mode.
+
+#[path = "common/registry.rs"]
+mod registry;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rafs_virtiofsd::storage::registry::{
+    MirrorOptions, ProxyOptions, RegistryBackend, RegistryOptions,
+};
+use rafs_virtiofsd::storage::{BlobBackend, StorageError};
+use registry::{pseudo_random, range_reply, FakeServer, Registry, Reply};
+
+fn opts(host: &str, repo: &str) -> RegistryOptions {
+    RegistryOptions {
+        scheme: "http".into(),
+        host: host.into(),
+        repo: repo.into(),
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        retry_limit: 2,
+        ..Default::default()
+    }
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn real_registry_range_reads() {
+    let reg = Registry::start(None);
+    let data = pseudo_random(300_000, 7);
+    let id = reg.push_blob("test/lazy", &data);
+    let be = RegistryBackend::new(opts(&reg.host(), "test/lazy")).unwrap();
+    assert_eq!(be.blob_size(&id).unwrap(), data.len() as u64);
+    for (off, len) in [
+        (0usize, 1usize),
+        (4096, 4096),
+        (299_000, 1000),
+        (12345, 100_000),
+    ] {
+        let mut buf = vec![0u8; len];
+        be.read_range(&id, off as u64, &mut buf).unwrap();
+        assert_eq!(buf, data[off..off + len], "range {off}+{len}");
+    }
+    // Only what was asked for crossed the wire.
+    let served = reg.served_bytes(&id);
+    assert_eq!(
+        served,
+        1 + 4096 + 1000 + 100_000,
+        "access log: {}",
+        std::fs::read_to_string(&reg.log).unwrap()
+    );
+    let missing = "0".repeat(64);
+    let mut buf = [0u8; 10];
+    assert!(matches!(
+        be.read_range(&missing, 0, &mut buf),
+        Err(StorageError::BlobNotFound(_))
+    ));
+    let m = be.metrics().to_json("registry");
+    assert_eq!(m["read_count"], 5);
+    assert_eq!(m["read_errors"], 1);
+}
+
+#[test]
+fn real_registry_basic_auth() {
+    let reg = Registry::start(Some(("alice", "s3cret")));
+    let data = pseudo_random(50_000, 3);
+    let id = reg.push_blob("test/private", &data);
+    let mut o = opts(&reg.host(), "test/private");
+    // No credentials: a clear error, not a hang.
+    let be = RegistryBackend::new(o.clone()).unwrap();
+    let mut buf = vec![0u8; 100];
+    let err = be.read_range(&id, 0, &mut buf).unwrap_err().to_string();
+    assert!(err.contains("auth"), "{err}");
+    o.auth = Some(b64("alice:s3cret"));
+    let be = RegistryBackend::new(o.clone()).unwrap();
+    be.read_range(&id, 1000, &mut buf).unwrap();
+    assert_eq!(buf, data[1000..1100]);
+    o.auth = Some(b64("alice:wrong"));
+    let be = RegistryBackend::new(o).unwrap();
+    assert!(be.read_range(&id, 0, &mut buf).is_err());
+}
+
+/// A registry that wants a Bearer token from its own token endpoint; tokens expire on demand.
+fn token_registry(data: Arc<Vec<u8>>, valid: Arc<AtomicUsize>) -> FakeServer {
+    let addr_cell: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
+    let cell = addr_cell.clone();
+    let srv = FakeServer::start("127.0.0.1", move |req| {
+        let me = cell.get().unwrap();
+        if req.path.starts_with("/token") {
+            assert!(
+                req.path.contains("scope=repository%3Aimg%3Apull"),
+                "{}",
+                req.path
+            );
+            assert_eq!(
+                req.header("authorization"),
+                Some(format!("Basic {}", b64("u:p")).as_str())
+            );
+            let n = valid.load(Ordering::SeqCst);
+            return Reply::new(200, format!("{{\"token\":\"tok{n}\"}}"));
+        }
+        let want = format!("Bearer tok{}", valid.load(Ordering::SeqCst));
+        if req.header("authorization") != Some(want.as_str()) {
+            return Reply::new(401, "").header(
+                "WWW-Authenticate",
+                &format!(
+                    "Bearer realm=\"http://{me}/token\",service=\"fake\",scope=\"repository:img:pull\""
+                ),
+            );
+        }
+        range_reply(req, &data)
+    });
+    addr_cell.set(srv.addr.clone()).unwrap();
+    srv
+}
+
+#[test]
+fn bearer_token_and_refresh_on_401() {
+    let data = Arc::new(pseudo_random(20_000, 9));
+    let valid = Arc::new(AtomicUsize::new(1));
+    let srv = token_registry(data.clone(), valid.clone());
+    let mut o = opts(&srv.addr, "img");
+    o.auth = Some(b64("u:p"));
+    let be = RegistryBackend::new(o).unwrap();
+    let mut buf = vec![0u8; 500];
+    be.read_range("abc", 100, &mut buf).unwrap();
+    assert_eq!(buf, data[100..600]);
+    // The token expires: the next read gets a 401, refreshes and succeeds.
+    valid.store(2, Ordering::SeqCst);
+    be.read_range("abc", 0, &mut buf).unwrap();
+    assert_eq!(buf, data[..500]);
+    let tokens = srv
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/token"))
+        .count();
+    assert_eq!(tokens, 2);
+    assert_eq!(be.metrics().to_json("registry")["auth_refreshes"], 2);
+}
+
+#[test]
+fn redirect_to_another_host_drops_credentials() {
+    let data = Arc::new(pseudo_random(10_000, 5));
+    let d2 = data.clone();
+    // Storage on another loopback address.
+    let storage = FakeServer::start("127.0.0.2", move |req| range_reply(req, &d2));
+    let loc = format!("http://{}/blob-storage/xyz", storage.addr);
+    let origin = FakeServer::start("127.0.0.1", move |req| {
+        if req.header("authorization").is_none() {
+            return Reply::new(401, "").header("WWW-Authenticate", "Basic realm=\"r\"");
+        }
+        Reply::new(307, "").header("Location", &loc)
+    });
+    let mut o = opts(&origin.addr, "img");
+    o.auth = Some(b64("u:p"));
+    let be = RegistryBackend::new(o).unwrap();
+    let mut buf = vec![0u8; 1000];
+    be.read_range("abc", 2000, &mut buf).unwrap();
+    assert_eq!(buf, data[2000..3000]);
+    let seen = storage.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("authorization"), None, "credentials leaked");
+    assert_eq!(seen[0].header("range"), Some("bytes=2000-2999"));
+}
+
+#[test]
+fn transient_errors_are_retried_with_a_bound() {
+    let data = Arc::new(pseudo_random(5000, 11));
+    let n = Arc::new(AtomicUsize::new(0));
+    let (d2, n2) = (data.clone(), n.clone());
+    let srv = FakeServer::start("127.0.0.1", move |req| {
+        if n2.fetch_add(1, Ordering::SeqCst) < 2 {
+            Reply::new(503, "busy")
+        } else {
+            range_reply(req, &d2)
+        }
+    });
+    let be = RegistryBackend::new(opts(&srv.addr, "img")).unwrap();
+    let mut buf = vec![0u8; 100];
+    be.read_range("abc", 0, &mut buf).unwrap();
+    assert_eq!(buf, data[..100]);
+    // Always failing: gives up after retry_limit + 1 attempts.
+    let always = FakeServer::start("127.0.0.1", |_| Reply::new(500, "no"));
+    let be = RegistryBackend::new(opts(&always.addr, "img")).unwrap();
+    let err = be.read_range("abc", 0, &mut buf).unwrap_err().to_string();
+    assert!(err.contains("3 attempts"), "{err}");
+    assert_eq!(always.requests().len(), 3);
+}
+
+#[test]
+fn registry_down_or_stalled_fails_within_the_timeout() {
+    // Nothing listens.
+    let port = registry::free_port();
+    let be = RegistryBackend::new(opts(&format!("127.0.0.1:{port}"), "img")).unwrap();
+    let mut buf = vec![0u8; 100];
+    let t0 = Instant::now();
+    assert!(be.read_range("abc", 0, &mut buf).is_err());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // Accepts but never answers in time.
+    let slow = FakeServer::start("127.0.0.1", |_| {
+        let mut r = Reply::new(200, "late");
+        r.delay = Duration::from_secs(30);
+        r
+    });
+    let mut o = opts(&slow.addr, "img");
+    o.timeout = Duration::from_millis(300);
+    o.retry_limit = 1;
+    let be = RegistryBackend::new(o).unwrap();
+    let t0 = Instant::now();
+    assert!(be.read_range("abc", 0, &mut buf).is_err());
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn short_or_unranged_answers_are_errors() {
+    let srv = FakeServer::start("127.0.0.1", |req| {
+        if req.header("range") == Some("bytes=10-19") {
+            Reply::new(206, "short")
+        } else {
+            Reply::new(200, vec![1u8; 100])
+        }
+    });
+    let mut o = opts(&srv.addr, "img");
+    o.retry_limit = 0;
+    let be = RegistryBackend::new(o).unwrap();
+    let mut buf = vec![0u8; 10];
+    assert!(be.read_range("abc", 10, &mut buf).is_err(), "short body");
+    assert!(be.read_range("abc", 50, &mut buf).is_err(), "Range ignored");
+}
+
+#[test]
+fn proxy_is_used_and_fallback_reaches_the_origin() {
+    let data = Arc::new(pseudo_random(8000, 13));
+    let d2 = data.clone();
+    let origin = FakeServer::start("127.0.0.1", move |req| range_reply(req, &d2));
+    let d3 = data.clone();
+    // A forwarding "dfdaemon": answers proxied requests itself.
+    let proxy = FakeServer::start("127.0.0.1", move |req| {
+        if req.path == "/ping" {
+            Reply::new(200, "")
+        } else {
+            range_reply(req, &d3)
+        }
+    });
+    let mut o = opts(&origin.addr, "img");
+    o.proxy = Some(ProxyOptions {
+        url: format!("http://{}", proxy.addr),
+        ping_url: format!("http://{}/ping", proxy.addr),
+        fallback: true,
+        check_interval: Duration::from_millis(100),
+        use_http: false,
+    });
+    let be = RegistryBackend::new(o).unwrap();
+    let mut buf = vec![0u8; 100];
+    be.read_range("abc", 0, &mut buf).unwrap();
+    assert_eq!(buf, data[..100]);
+    assert!(proxy.requests().iter().any(|r| r.path.contains("/blobs/")));
+    assert!(origin.requests().is_empty(), "went around the proxy");
+
+    // Proxy down with fallback: the origin serves after the health check notices.
+    let dead = registry::free_port();
+    let mut o = opts(&origin.addr, "img");
+    o.proxy = Some(ProxyOptions {
+        url: format!("http://127.0.0.1:{dead}"),
+        ping_url: format!("http://127.0.0.1:{dead}/ping"),
+        fallback: true,
+        check_interval: Duration::from_millis(50),
+        use_http: false,
+    });
+    let be = RegistryBackend::new(o).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    be.read_range("abc", 100, &mut buf).unwrap();
+    assert_eq!(buf, data[100..200]);
+    assert!(!origin.requests().is_empty());
+    assert!(
+        be.metrics().to_json("registry")["proxy_fallbacks"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[test]
+fn mirrors_fail_over_to_the_origin() {
+    let data = Arc::new(pseudo_random(4000, 17));
+    let d2 = data.clone();
+    let origin = FakeServer::start("127.0.0.1", move |req| range_reply(req, &d2));
+    let d3 = data.clone();
+    let mirror = FakeServer::start("127.0.0.1", move |req| {
+        assert_eq!(req.header("x-mirror"), Some("yes"));
+        range_reply(req, &d3)
+    });
+    let dead = registry::free_port();
+    let mut o = opts(&origin.addr, "img");
+    o.mirrors = vec![
+        MirrorOptions {
+            host: format!("http://127.0.0.1:{dead}"),
+            failure_limit: 1,
+            health_check_interval: Duration::from_secs(60),
+            ..Default::default()
+        },
+        MirrorOptions {
+            host: format!("http://{}", mirror.addr),
+            headers: [("X-Mirror".to_string(), "yes".to_string())].into(),
+            ..Default::default()
+        },
+    ];
+    let be = RegistryBackend::new(o).unwrap();
+    let mut buf = vec![0u8; 100];
+    be.read_range("abc", 0, &mut buf).unwrap();
+    assert_eq!(buf, data[..100]);
+    assert_eq!(mirror.requests().len(), 1, "the healthy mirror serves");
+    assert!(origin.requests().is_empty());
+}
