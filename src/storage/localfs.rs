@@ -43,7 +43,9 @@ pub fn check_blob_id(blob_id: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(StorageError::Backend(format!("invalid blob id {blob_id:?}")))
+        Err(StorageError::Backend(format!(
+            "invalid blob id {blob_id:?}"
+        )))
     }
 }
 
@@ -122,10 +124,11 @@ impl BlobBackend for LocalFsBackend {
     fn read_range(&self, blob_id: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.metrics.read_count.fetch_add(1, Ordering::Relaxed);
         let r = self.file(blob_id).and_then(|f| {
-            f.read_exact_at(buf, offset).map_err(|source| StorageError::Io {
-                blob_id: blob_id.to_string(),
-                source,
-            })
+            f.read_exact_at(buf, offset)
+                .map_err(|source| StorageError::Io {
+                    blob_id: blob_id.to_string(),
+                    source,
+                })
         });
         match &r {
             Ok(()) => {
