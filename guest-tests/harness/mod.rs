@@ -556,6 +556,23 @@ impl Daemon {
     /// Starts `rafs-virtiofsd virtiofs --sock S --apisock A --log-level info EXTRA...` and
     /// waits until the socket exists and the API reports RUNNING.
     pub fn start(extra: &[&str]) -> Daemon {
+        let mut d = Daemon::spawn(|sock, api| {
+            let mut a: Vec<OsString> = vec!["virtiofs".into(), "--sock".into(), sock.into()];
+            a.extend([
+                "--apisock".into(),
+                api.into(),
+                "--log-level".into(),
+                "info".into(),
+            ]);
+            a.extend(extra.iter().map(OsString::from));
+            a
+        });
+        d.wait_ready(Duration::from_secs(15));
+        d
+    }
+
+    /// Spawns the daemon with the argv `args(sock, apisock)` builds, without waiting for it.
+    pub fn spawn(args: impl FnOnce(&Path, &Path) -> Vec<OsString>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("rv")
             .tempdir_in("/tmp")
@@ -564,28 +581,19 @@ impl Daemon {
         let apisock = dir.path().join("api.sock");
         let log = dir.path().join("daemon.log");
         let child = Command::new(daemon_bin())
-            .arg("virtiofs")
-            .arg("--sock")
-            .arg(&sock)
-            .arg("--apisock")
-            .arg(&apisock)
-            .arg("--log-level")
-            .arg("info")
-            .args(extra)
+            .args(args(&sock, &apisock))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&log).expect("log"))
             .stderr(fs::File::create(dir.path().join("daemon.stderr")).expect("log"))
             .spawn()
             .expect("spawn rafs-virtiofsd");
-        let mut d = Daemon {
+        Daemon {
             child: Some(child),
             sock,
             apisock,
             log,
             dir,
-        };
-        d.wait_ready(Duration::from_secs(15));
-        d
+        }
     }
 
     /// The daemon's output so far (stdout and stderr).
