@@ -56,7 +56,8 @@ pub fn new_passthrough(source: &Path) -> Result<PassthroughFs, PassthroughError>
         root_dir: root.clone(),
         xattr: true,
         writeback: true,
-        do_import: true,
+        // Imported once here; `destroy()` re-imports (guest reconnects), `init()` must not.
+        do_import: false,
         no_open: false,
         no_opendir: false,
         inode_file_handles: true,

@@ -319,6 +319,7 @@ impl FsTree {
             FsType::Passthrough => (Box::new(new_passthrough(Path::new(source))?), Value::Null),
             FsType::Rafs => open_rafs(Path::new(source), config)?,
         };
+        let fs: BackFileSystem = Box::new(super::mountroot::MountRootFs(fs));
         let fs_idx = self
             .vfs
             .mount(fs, &mp)

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::api::Vfs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
@@ -350,6 +351,9 @@ pub fn serve(
         if !backend.drain(Duration::from_secs(5)) {
             log::warn!("vhost-user: requests still running 5 s after disconnect");
         }
+        // Forget the guest's FUSE session (inodes, handles, INIT state) so that the next
+        // VMM can send FUSE_INIT again. Mounts stay.
+        FileSystem::destroy(&*tree.vfs());
         on_connect(false);
         log::info!("vhost-user: listening for a new connection");
     }

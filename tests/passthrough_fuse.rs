@@ -1,0 +1,312 @@
+//! The passthrough filesystem as an overlayfs upper/work dir, through FUSE mode on the
+//! host (needs root and /dev/fuse), plus containment checks against the filesystem itself.
+
+mod support;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fuse_backend_rs::api::filesystem::{Context, FileSystem};
+use rafs_virtiofsd::fs::passthrough::new_passthrough;
+use rafs_virtiofsd::fs::vfs::{FsTree, FsType};
+use support::*;
+
+struct FuseMount {
+    d: Option<Daemon>,
+    mnt: PathBuf,
+    api: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FuseMount {
+    fn new(shared: Option<&Path>) -> FuseMount {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let api = dir.path().join("api.sock");
+        let mut args = vec![
+            "fuse".to_string(),
+            "--mountpoint".into(),
+            mnt.display().to_string(),
+            "--apisock".into(),
+            api.display().to_string(),
+            "--log-level".into(),
+            "warn".into(),
+        ];
+        if let Some(s) = shared {
+            args.push("--shared-dir".into());
+            args.push(s.display().to_string());
+        }
+        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let d = Daemon::spawn(&argv);
+        assert!(
+            wait_running(&api, Duration::from_secs(10)),
+            "FUSE daemon not running"
+        );
+        FuseMount {
+            d: Some(d),
+            mnt,
+            api,
+            _dir: dir,
+        }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.d.take() {
+            if d.signal_and_wait(libc::SIGTERM, Duration::from_secs(5))
+                .is_none()
+            {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.mnt)
+                    .status();
+            }
+        }
+    }
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn setxattr(p: &Path, name: &str, val: &[u8]) -> std::io::Result<()> {
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r =
+        unsafe { libc::lsetxattr(c(p).as_ptr(), n.as_ptr(), val.as_ptr().cast(), val.len(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn getxattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a writable buffer of the given length.
+    let r = unsafe {
+        libc::lgetxattr(
+            c(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+fn renameat2(a: &Path, b: &Path, flags: u32) -> std::io::Result<()> {
+    // SAFETY: valid NUL-terminated paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(a).as_ptr(),
+            libc::AT_FDCWD,
+            c(b).as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn is_whiteout(p: &Path) -> bool {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+#[test]
+fn overlay_upper_operations_reach_the_host() {
+    let share = tempfile::tempdir().unwrap();
+    let h = share.path();
+    let m = FuseMount::new(Some(h));
+
+    // create / write / read / rename
+    std::fs::write(m.p("a.txt"), b"hello").unwrap();
+    assert_eq!(std::fs::read(h.join("a.txt")).unwrap(), b"hello");
+    std::fs::create_dir(m.p("dir")).unwrap();
+    std::fs::rename(m.p("a.txt"), m.p("dir/b.txt")).unwrap();
+    assert_eq!(std::fs::read(h.join("dir/b.txt")).unwrap(), b"hello");
+    assert!(!h.join("a.txt").exists());
+
+    // xattrs, including overlayfs' trusted.overlay.*
+    setxattr(&m.p("dir"), "trusted.overlay.opaque", b"y").unwrap();
+    assert_eq!(
+        getxattr(&h.join("dir"), "trusted.overlay.opaque").unwrap(),
+        b"y"
+    );
+    setxattr(&m.p("dir/b.txt"), "user.k", b"v").unwrap();
+    assert_eq!(getxattr(&h.join("dir/b.txt"), "user.k").unwrap(), b"v");
+    assert_eq!(getxattr(&m.p("dir/b.txt"), "user.k").unwrap(), b"v");
+
+    // whiteout by mknod 0:0
+    // SAFETY: valid path; creating a char device needs root, which these tests assume.
+    let r = unsafe { libc::mknod(c(&m.p("wh")).as_ptr(), libc::S_IFCHR, 0) };
+    assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+    assert!(is_whiteout(&h.join("wh")));
+
+    // RENAME_WHITEOUT: source becomes a whiteout
+    std::fs::write(m.p("src"), b"1").unwrap();
+    renameat2(&m.p("src"), &m.p("dst"), libc::RENAME_WHITEOUT).unwrap();
+    assert_eq!(std::fs::read(h.join("dst")).unwrap(), b"1");
+    assert!(is_whiteout(&h.join("src")));
+
+    // RENAME_EXCHANGE
+    std::fs::write(m.p("x"), b"X").unwrap();
+    std::fs::write(m.p("y"), b"Y").unwrap();
+    renameat2(&m.p("x"), &m.p("y"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(std::fs::read(h.join("x")).unwrap(), b"Y");
+    assert_eq!(std::fs::read(h.join("y")).unwrap(), b"X");
+
+    // symlinks are created as symlinks, not followed
+    std::os::unix::fs::symlink("../../etc/passwd", m.p("ln")).unwrap();
+    assert_eq!(
+        std::fs::read_link(h.join("ln")).unwrap(),
+        Path::new("../../etc/passwd")
+    );
+
+    // unlink / rmdir
+    std::fs::remove_file(m.p("dir/b.txt")).unwrap();
+    std::fs::remove_dir(m.p("dir")).unwrap();
+    assert!(!h.join("dir").exists());
+}
+
+#[test]
+fn api_mount_then_umount_leaves_empty_dir() {
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("file"), b"data").unwrap();
+    let m = FuseMount::new(None);
+    let body = serde_json::json!({"fs_type":"passthrough_fs","source":share.path(),"config":""})
+        .to_string();
+    let r = http(
+        &m.api,
+        "POST",
+        "/api/v1/mount?mountpoint=/rafs/c1/lowerdir",
+        Some(&body),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        std::fs::read(m.p("rafs/c1/lowerdir/file")).unwrap(),
+        b"data"
+    );
+    let r = http(
+        &m.api,
+        "DELETE",
+        "/api/v1/mount?mountpoint=/rafs/c1/lowerdir",
+        None,
+    );
+    assert_eq!(r.status, 204);
+    let entries: Vec<_> = std::fs::read_dir(m.p("rafs/c1/lowerdir"))
+        .unwrap()
+        .collect();
+    assert!(
+        entries.is_empty(),
+        "expected an empty pseudo dir, got {entries:?}"
+    );
+}
+
+/// Calls into the filesystem the way a hostile guest could, bypassing the kernel's own
+/// path resolution.
+#[test]
+fn requests_cannot_escape_the_shared_dir() {
+    let share = tempfile::tempdir().unwrap();
+    let h = share.path();
+    std::fs::create_dir(h.join("sub")).unwrap();
+    std::os::unix::fs::symlink("/etc", h.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../..", h.join("rel")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/root", h.join("magic")).unwrap();
+
+    let fs = new_passthrough(h).unwrap();
+    fs.init(fuse_backend_rs::abi::fuse_abi::FsOptions::empty())
+        .unwrap();
+    let ctx = Context::default();
+    let name = |s: &str| CString::new(s).unwrap();
+    let root = 1u64;
+
+    // ".." at the root is the root.
+    let e = fs.lookup(&ctx, root, &name("..")).unwrap();
+    let root_attr = fs.getattr(&ctx, root, None).unwrap().0;
+    assert_eq!(e.attr.st_ino, root_attr.st_ino);
+    // ".." from a subdirectory goes up to the root, not beyond.
+    let sub = fs.lookup(&ctx, root, &name("sub")).unwrap();
+    let up = fs.lookup(&ctx, sub.inode, &name("..")).unwrap();
+    assert_eq!(up.attr.st_ino, root_attr.st_ino);
+    let upup = fs.lookup(&ctx, up.inode, &name(".."));
+    assert_eq!(upup.unwrap().attr.st_ino, root_attr.st_ino);
+
+    // Symlinks (absolute, relative, /proc magic) are returned as symlinks and never
+    // traversed by the daemon.
+    for l in ["abs", "rel", "magic"] {
+        let e = fs.lookup(&ctx, root, &name(l)).unwrap();
+        assert_eq!(e.attr.st_mode & libc::S_IFMT, libc::S_IFLNK, "{l}");
+        for child in ["passwd", "etc", ".."] {
+            assert!(
+                fs.lookup(&ctx, e.inode, &name(child)).is_err(),
+                "lookup {child} under symlink {l} must fail"
+            );
+        }
+        assert!(
+            fs.open(&ctx, e.inode, libc::O_RDONLY as u32, 0).is_err(),
+            "open {l}"
+        );
+        assert!(
+            fs.create(
+                &ctx,
+                e.inode,
+                &name("new"),
+                fuse_backend_rs::abi::fuse_abi::CreateIn {
+                    flags: libc::O_RDWR as u32,
+                    mode: 0o644,
+                    umask: 0,
+                    fuse_flags: 0,
+                }
+            )
+            .is_err(),
+            "create under {l}"
+        );
+    }
+    assert!(!Path::new("/etc/new").exists());
+    assert!(!Path::new("/new").exists());
+}
+
+#[test]
+fn vfs_rejects_names_with_slashes() {
+    let share = tempfile::tempdir().unwrap();
+    std::fs::create_dir(share.path().join("d")).unwrap();
+    let tree = FsTree::new();
+    tree.mount(
+        FsType::Passthrough,
+        share.path().to_str().unwrap(),
+        "",
+        "/s",
+    )
+    .unwrap();
+    let vfs = tree.vfs();
+    let ctx = Context::default();
+    vfs.init(fuse_backend_rs::abi::fuse_abi::FsOptions::empty())
+        .unwrap();
+    let s = vfs.lookup(&ctx, 1u64.into(), c"s").unwrap();
+    let err = vfs.lookup(&ctx, s.inode.into(), c"d/../../..").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    let err = vfs
+        .mkdir(&ctx, s.inode.into(), c"..", 0o755, 0)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+}
