@@ -26,9 +26,8 @@ pub struct ChunkDict {
 /// compatible with the build (RAFS version, chunk size, digest algorithm).
 pub fn load_chunk_dict(path: &Path, opts: &BuildOptions) -> Result<ChunkDict, BuildError> {
     let bytes = std::fs::read(path).map_err(|e| BuildError::io(path, e))?;
-    let (blobs, chunks, chunk_size, flags) = read_v6_tables(&bytes).map_err(|e| {
-        BuildError::Invalid(format!("chunk dict {}: {e}", path.display()))
-    })?;
+    let (blobs, chunks, chunk_size, flags) = read_v6_tables(&bytes)
+        .map_err(|e| BuildError::Invalid(format!("chunk dict {}: {e}", path.display())))?;
     if opts.version != RafsVersion::V6 {
         return Err(BuildError::Invalid(
             "chunk dict: only RAFS v6 dictionaries and builds are supported".into(),
@@ -78,7 +77,12 @@ pub fn read_v6_tables(
     for e in bt.chunks_exact(BlobTableEntry::SIZE) {
         blobs.push(BlobTableEntry::parse(e)?);
     }
-    let ct = layout::slice_at(b, ext.chunk_table_offset, ext.chunk_table_size, "chunk table")?;
+    let ct = layout::slice_at(
+        b,
+        ext.chunk_table_offset,
+        ext.chunk_table_size,
+        "chunk table",
+    )?;
     let mut chunks = Vec::new();
     for e in ct.chunks_exact(ChunkRecord::SIZE) {
         let r = ChunkRecord::parse(e)?;
@@ -121,7 +125,14 @@ fn sha256(b: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(b).into()
 }
 
-fn toc_entry(name: &str, c: Compressor, digest: [u8; 32], off: u64, csize: u64, usize_: u64) -> TocEntry {
+fn toc_entry(
+    name: &str,
+    c: Compressor,
+    digest: [u8; 32],
+    off: u64,
+    csize: u64,
+    usize_: u64,
+) -> TocEntry {
     TocEntry {
         flags: TocEntry::flag_of(c).unwrap_or(layout::toc_flags::COMPRESSION_NONE),
         name: layout::nul_padded(name.as_bytes()),
@@ -153,7 +164,14 @@ pub(super) fn finish_build(
         let data_len = blob.len();
         if inline {
             let d = blob.digest_so_far();
-            toc.push(toc_entry(layout::TOC_ENTRY_BLOB_RAW, Compressor::None, d, 0, data_len, data_len));
+            toc.push(toc_entry(
+                layout::TOC_ENTRY_BLOB_RAW,
+                Compressor::None,
+                d,
+                0,
+                data_len,
+                data_len,
+            ));
             blob.write(&tar_header(layout::TOC_ENTRY_BLOB_RAW, data_len))?;
         }
         let mut entry = BlobTableEntry {
@@ -232,7 +250,10 @@ pub(super) fn finish_build(
                         digests.len() as u64,
                     ));
                     blob.write(&digests)?;
-                    blob.write(&tar_header(layout::TOC_ENTRY_BLOB_DIGEST, digests.len() as u64))?;
+                    blob.write(&tar_header(
+                        layout::TOC_ENTRY_BLOB_DIGEST,
+                        digests.len() as u64,
+                    ))?;
                 }
             }
         }
@@ -267,7 +288,10 @@ pub(super) fn finish_build(
         };
         let off = blob.len();
         blob.write(&boot_bytes)?;
-        blob.write(&tar_header(layout::TOC_ENTRY_BOOTSTRAP, boot_bytes.len() as u64))?;
+        blob.write(&tar_header(
+            layout::TOC_ENTRY_BOOTSTRAP,
+            boot_bytes.len() as u64,
+        ))?;
         if opts.blob_toc {
             toc.push(toc_entry(
                 layout::TOC_ENTRY_BOOTSTRAP,
@@ -364,7 +388,11 @@ fn place_blob(opts: &BuildOptions, tmp: &Path, id: &str) -> Result<PathBuf, Buil
     let mut placed: Option<PathBuf> = None;
     if let Some(b) = &opts.blob {
         std::fs::rename(tmp, b)
-            .or_else(|_| std::fs::copy(tmp, b).map(|_| ()).and_then(|_| std::fs::remove_file(tmp)))
+            .or_else(|_| {
+                std::fs::copy(tmp, b)
+                    .map(|_| ())
+                    .and_then(|_| std::fs::remove_file(tmp))
+            })
             .map_err(|e| BuildError::io(b, e))?;
         placed = Some(b.clone());
     }

@@ -70,7 +70,9 @@ impl BlobFile {
     }
     /// Append bytes.
     pub fn write(&mut self, b: &[u8]) -> Result<(), BuildError> {
-        self.w.write_all(b).map_err(|e| BuildError::io(&self.path, e))?;
+        self.w
+            .write_all(b)
+            .map_err(|e| BuildError::io(&self.path, e))?;
         self.hasher.update(b);
         self.pos += b.len() as u64;
         Ok(())
@@ -238,10 +240,9 @@ impl Chunker {
         let Some(p) = self.pending.pop_front() else {
             return Ok(());
         };
-        let r = p
-            .rx
-            .recv()
-            .map_err(|_| BuildError::Invalid("chunk worker died".into()))??;
+        let r =
+            p.rx.recv()
+                .map_err(|_| BuildError::Invalid("chunk worker died".into()))??;
         let len = r.raw.len() as u32;
         let key = (r.digest, len);
         let info = if let Some(c) = self.seen.get(&key) {
@@ -285,7 +286,9 @@ impl Chunker {
         };
         let list = self.node_chunks.entry(p.node).or_default();
         debug_assert_eq!(
-            list.iter().map(|c| u64::from(c.uncompressed_size)).sum::<u64>(),
+            list.iter()
+                .map(|c| u64::from(c.uncompressed_size))
+                .sum::<u64>(),
             p.file_offset
         );
         list.push(info);

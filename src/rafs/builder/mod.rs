@@ -7,7 +7,9 @@
 
 pub mod blob;
 pub mod chunker;
+pub mod merge;
 pub mod tarball;
+pub mod tools;
 pub mod tree;
 pub mod v5;
 pub mod v6;
@@ -252,7 +254,8 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
             t
         }
         SourceType::Tar | SourceType::TarGz => {
-            let f = std::fs::File::open(&opts.source).map_err(|e| BuildError::io(&opts.source, e))?;
+            let f =
+                std::fs::File::open(&opts.source).map_err(|e| BuildError::io(&opts.source, e))?;
             let r = std::io::BufReader::with_capacity(1 << 20, f);
             let mut t = if opts.source_type == SourceType::TarGz {
                 tarball::read_tar(&mut flate2::read::GzDecoder::new(r), &mut chunker)?
@@ -275,7 +278,7 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     let mut dict_map = std::collections::HashMap::new();
     if let Some(d) = &dict {
         for &di in &out.dict_blobs_used {
-            let mut e = d.blobs[di as usize].clone();
+            let mut e = d.blobs[di as usize];
             e.blob_index = table.len() as u32;
             dict_map.insert(di, e.blob_index);
             table.push(e);
@@ -296,7 +299,10 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     new_chunks.iter_mut().for_each(remap);
 
     let prefetch = prefetch_nodes(&tree, &opts.prefetch_patterns)?;
-    let has_xattr = tree.preorder().iter().any(|&n| !tree.nodes[n].xattrs.is_empty());
+    let has_xattr = tree
+        .preorder()
+        .iter()
+        .any(|&n| !tree.nodes[n].xattrs.is_empty());
     blob::finish_build(
         opts,
         tree,
@@ -323,9 +329,7 @@ fn apply_whiteout_spec_single(t: &mut Tree, spec: WhiteoutSpec) {
         let node = &t.nodes[n];
         let wh = match spec {
             WhiteoutSpec::Oci => node.name.starts_with(b".wh."),
-            WhiteoutSpec::Overlayfs => {
-                node.mode & libc::S_IFMT == libc::S_IFCHR && node.rdev == 0
-            }
+            WhiteoutSpec::Overlayfs => node.mode & libc::S_IFMT == libc::S_IFCHR && node.rdev == 0,
             WhiteoutSpec::None => false,
         };
         if wh {
@@ -334,7 +338,9 @@ fn apply_whiteout_spec_single(t: &mut Tree, spec: WhiteoutSpec) {
     }
     if spec == WhiteoutSpec::Overlayfs {
         for n in t.preorder() {
-            t.nodes[n].xattrs.remove(b"trusted.overlay.opaque".as_slice());
+            t.nodes[n]
+                .xattrs
+                .remove(b"trusted.overlay.opaque".as_slice());
         }
     }
 }

@@ -50,7 +50,12 @@ pub fn parse_numeric(f: &[u8]) -> Result<u64, BuildError> {
             }
             b' ' | 0 if !started => {}
             b' ' | 0 => break,
-            _ => return Err(terr(format!("bad numeric field {:?}", String::from_utf8_lossy(f)))),
+            _ => {
+                return Err(terr(format!(
+                    "bad numeric field {:?}",
+                    String::from_utf8_lossy(f)
+                )))
+            }
         }
     }
     Ok(v)
@@ -186,12 +191,18 @@ fn parse_pax(data: &[u8], pax: &mut Pax) -> Result<(), BuildError> {
             b"GNU.sparse.major" => pax.sparse_major = Some(parse_dec(v)?),
             b"GNU.sparse.offset" => pax.sparse_offset = Some(parse_dec(v)?),
             b"GNU.sparse.numbytes" => {
-                let off = pax.sparse_offset.take().ok_or_else(|| terr("sparse numbytes without offset"))?;
+                let off = pax
+                    .sparse_offset
+                    .take()
+                    .ok_or_else(|| terr("sparse numbytes without offset"))?;
                 pax.sparse_map.push((off, parse_dec(v)?));
             }
             b"GNU.sparse.map" => {
-                let nums: Result<Vec<u64>, _> =
-                    v.split(|&c| c == b',').filter(|s| !s.is_empty()).map(parse_dec).collect();
+                let nums: Result<Vec<u64>, _> = v
+                    .split(|&c| c == b',')
+                    .filter(|s| !s.is_empty())
+                    .map(parse_dec)
+                    .collect();
                 let nums = nums?;
                 if nums.len() % 2 != 0 {
                     return Err(terr("odd GNU.sparse.map"));
@@ -301,12 +312,24 @@ pub fn read_tar(r: &mut dyn Read, chunker: &mut Chunker) -> Result<Tree, BuildEr
         let sum: u64 = hdr
             .iter()
             .enumerate()
-            .map(|(i, &c)| if (148..156).contains(&i) { 32 } else { u64::from(c) })
+            .map(|(i, &c)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(c)
+                }
+            })
             .sum();
         let ssum: i64 = hdr
             .iter()
             .enumerate()
-            .map(|(i, &c)| if (148..156).contains(&i) { 32 } else { i64::from(c as i8) })
+            .map(|(i, &c)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    i64::from(c as i8)
+                }
+            })
             .sum();
         if stored != sum && stored as i64 != ssum {
             return Err(terr("header checksum mismatch"));
@@ -550,7 +573,7 @@ pub fn read_tar(r: &mut dyn Read, chunker: &mut Chunker) -> Result<Tree, BuildEr
             loop {
                 let nl = text.iter().filter(|&&c| c == b'\n').count();
                 if let Some(n) = lines_needed {
-                    if nl >= 1 + 2 * n {
+                    if nl > 2 * n {
                         break;
                     }
                 } else if nl >= 1 {

@@ -239,14 +239,16 @@ pub fn write(tree: &Tree, p: &V6Params) -> Result<V6Output, BuildError> {
     }
     let nid_of = |n: NodeId| -> u64 { nids[&n] };
     if nid_of(0) > u64::from(u16::MAX) {
-        return Err(BuildError::Invalid("root nid does not fit in 16 bits".into()));
+        return Err(BuildError::Invalid(
+            "root nid does not fit in 16 bits".into(),
+        ));
     }
 
     // Directory and symlink data; full blocks go after the inode area.
     let mut data_pos = round_up(pos, BLK);
     let data_start = data_pos;
-    for i in 0..recs.len() {
-        let n = recs[i].node;
+    for r in recs.iter_mut() {
+        let n = r.node;
         let node = &tree.nodes[n];
         let content: Vec<u8> = if node.is_dir() {
             let ents: Vec<(Vec<u8>, u64, u8)> = dir_entries(tree, n)
@@ -259,8 +261,7 @@ pub fn write(tree: &Tree, p: &V6Params) -> Result<V6Output, BuildError> {
         } else {
             continue;
         };
-        debug_assert_eq!(content.len() as u64, recs[i].size);
-        let r = &mut recs[i];
+        debug_assert_eq!(content.len() as u64, r.size);
         let (full, tail) = if r.layout == layout::EROFS_INODE_FLAT_INLINE {
             let t = content.len() - r.tail.len();
             (content[..t].to_vec(), content[t..].to_vec())
@@ -307,8 +308,7 @@ pub fn write(tree: &Tree, p: &V6Params) -> Result<V6Output, BuildError> {
             let bits = p.chunk_size.trailing_zeros() - u32::from(layout::EROFS_BLKSZBITS);
             u32::from(layout::EROFS_CHUNK_FORMAT_INDEXES) | bits
         } else if node.is_dir() || node.is_symlink() {
-            u32::try_from(blkaddr)
-                .map_err(|_| BuildError::Invalid("bootstrap too large".into()))?
+            u32::try_from(blkaddr).map_err(|_| BuildError::Invalid("bootstrap too large".into()))?
         } else {
             let f = node.mode & libc::S_IFMT;
             if f == libc::S_IFCHR || f == libc::S_IFBLK {
