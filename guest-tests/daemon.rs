@@ -275,7 +275,6 @@ rv_check first-still-there rvhelper sha256 $RV_MNT/rafs/first/lowerdir/big.bin
 /// (e): after the VMM exits, a new VMM connects to the same daemon process and sees what the
 /// first guest wrote (the sandbox share is mounted before the VMM starts, as Kata does).
 #[test]
-#[ignore = "daemon bug: the second VMM's FUSE INIT fails (fuse-backend-rs Vfs::init refuses a re-init; the daemon must call destroy() on disconnect), guest gets ECONNREFUSED"]
 fn vmm_restart_reconnects_to_the_same_daemon() {
     let share = tempfile::tempdir().unwrap();
     fs::write(share.path().join("from-host.txt"), b"host data\n").unwrap();
