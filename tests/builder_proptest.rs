@@ -100,16 +100,18 @@ fn entry_strategy() -> impl Strategy<Value = Entry> {
         (0i64..4_000_000_000, 0i64..1_000_000_000),
         xattr_strategy(),
     )
-        .prop_map(|(name, parent, kind, perm, uid, gid, mtime, xattrs)| Entry {
-            name,
-            parent,
-            kind,
-            perm,
-            uid,
-            gid,
-            mtime,
-            xattrs,
-        })
+        .prop_map(
+            |(name, parent, kind, perm, uid, gid, mtime, xattrs)| Entry {
+                name,
+                parent,
+                kind,
+                perm,
+                uid,
+                gid,
+                mtime,
+                xattrs,
+            },
+        )
 }
 
 fn cpath(p: &Path) -> CString {
@@ -118,12 +120,25 @@ fn cpath(p: &Path) -> CString {
 
 fn set_times(p: &Path, (sec, nsec): (i64, i64)) {
     let ts = [
-        libc::timespec { tv_sec: sec, tv_nsec: nsec },
-        libc::timespec { tv_sec: sec, tv_nsec: nsec },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
     ];
     let c = cpath(p);
     // SAFETY: valid path and a 2-element timespec array.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     assert_eq!(r, 0, "utimensat {}", p.display());
 }
 
@@ -181,9 +196,14 @@ fn materialize(root: &Path, entries: &[Entry]) {
                 assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
             }
             Kind::Chr { major, minor } | Kind::Blk { major, minor } => {
-                let t = if matches!(e.kind, Kind::Chr { .. }) { libc::S_IFCHR } else { libc::S_IFBLK };
+                let t = if matches!(e.kind, Kind::Chr { .. }) {
+                    libc::S_IFCHR
+                } else {
+                    libc::S_IFBLK
+                };
                 // SAFETY: valid path; we run as root.
-                let r = unsafe { libc::mknod(c.as_ptr(), t | 0o600, libc::makedev(*major, *minor)) };
+                let r =
+                    unsafe { libc::mknod(c.as_ptr(), t | 0o600, libc::makedev(*major, *minor)) };
                 assert_eq!(r, 0, "mknod (tests need root)");
             }
             Kind::HardLink { target } => {
@@ -214,9 +234,7 @@ fn materialize(root: &Path, entries: &[Entry]) {
                 full.extend_from_slice(n);
                 let cn = CString::new(full).unwrap();
                 // SAFETY: valid strings and buffer.
-                unsafe {
-                    libc::lsetxattr(c.as_ptr(), cn.as_ptr(), v.as_ptr().cast(), v.len(), 0)
-                };
+                unsafe { libc::lsetxattr(c.as_ptr(), cn.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
             }
         }
         later_times.push((p, e.mtime));
@@ -265,7 +283,11 @@ fn check_tree(entries: &[Entry], version: RafsVersion, compressor: Compressor, d
                 eprintln!("got:  {a}\nwant: {b}");
             }
         }
-        panic!("{version:?} {compressor} {digester}: manifests differ ({} vs {} lines)", got.lines().count(), want.lines().count());
+        panic!(
+            "{version:?} {compressor} {digester}: manifests differ ({} vs {} lines)",
+            got.lines().count(),
+            want.lines().count()
+        );
     }
 }
 
