@@ -146,7 +146,7 @@ fn data(len: u64, seed: u8) -> Vec<u8> {
     let mut x = u32::from(seed).wrapping_mul(2654435761) | 1;
     (0..len)
         .map(|i| {
-            if seed % 2 == 0 {
+            if seed.is_multiple_of(2) {
                 // compressible
                 (i % 251) as u8 ^ seed
             } else {
