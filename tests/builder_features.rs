@@ -494,3 +494,140 @@ fn inline_meta_layers_and_merge() {
         .arg("--blob-dir")
         .arg(&layers));
 }
+
+/// Our `merge` on upstream's own per-layer blobs (fixture v6-layers-merged) gives the tree of
+/// upstream's merged bootstrap and the same blob table.
+#[test]
+fn merge_upstream_layers_matches_upstream_merge() {
+    let fx = fixture("v6-layers-merged");
+    let upstream = RafsImage::open(&fx.join("image.boot")).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let mut boots = Vec::new();
+    let mut digests = Vec::new();
+    let mut sizes = Vec::new();
+    for (i, b) in upstream.blobs().iter().enumerate() {
+        let data = std::fs::read(fx.join("blobs").join(&b.blob_id)).unwrap();
+        let boot = toc::extract_bootstrap(&data).unwrap();
+        let p = t.path().join(format!("layer{i}.boot"));
+        std::fs::write(&p, boot).unwrap();
+        boots.push(p);
+        digests.push(b.blob_id.clone());
+        sizes.push(data.len().to_string());
+    }
+    let merged = t.path().join("merged.boot");
+    run(rafs_image()
+        .arg("merge")
+        .arg("--bootstrap")
+        .arg(&merged)
+        .arg("--blob-digests")
+        .arg(digests.join(","))
+        .arg("--blob-sizes")
+        .arg(sizes.join(","))
+        .args(&boots));
+    let ours = RafsImage::open(&merged).unwrap();
+    assert_eq!(ours.blobs(), upstream.blobs());
+    assert_eq!(ours.flags(), upstream.flags());
+    let want = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests/merged.manifest"),
+    )
+    .unwrap();
+    let opts = ManifestOptions {
+        mtime_sec: true,
+        ..Default::default()
+    };
+    assert_same(
+        &image_manifest(&merged, &fx.join("blobs"), opts),
+        &want,
+        "our merge of upstream layers",
+    );
+    run(rafs_image()
+        .arg("check")
+        .arg(&merged)
+        .arg("--blob-dir")
+        .arg(fx.join("blobs")));
+}
+
+/// Our build of the fixtures' `small` tree has the same superblock flags, blob-table shape
+/// (chunk count, uncompressed size, features, ci sizes), chunk table size and inode counts as
+/// upstream's build of the same tree with the same flags.
+#[test]
+fn same_shape_as_upstream_builds() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("small");
+    small_tree(&src);
+    for (fx, args) in [
+        ("v6-zstd-64k-base", &["--chunk-size", "0x10000"][..]),
+        (
+            "v6-lz4-sha256-64k",
+            &[
+                "--compressor",
+                "lz4_block",
+                "--digester",
+                "sha256",
+                "--chunk-size",
+                "0x10000",
+            ],
+        ),
+        (
+            "v6-none-64k",
+            &["--compressor", "none", "--chunk-size", "0x10000"],
+        ),
+        (
+            "v5-zstd-64k",
+            &["--fs-version", "5", "--chunk-size", "0x10000"],
+        ),
+    ] {
+        let d = t.path().join(fx);
+        let boot = d.join("image.boot");
+        run(rafs_image()
+            .arg("create")
+            .args(args)
+            .arg("--bootstrap")
+            .arg(&boot)
+            .arg("--blob-dir")
+            .arg(d.join("blobs"))
+            .arg(&src));
+        let ours = RafsImage::open(&boot).unwrap();
+        let up = RafsImage::open(&fixture(fx).join("image.boot")).unwrap();
+        assert_eq!(ours.flags(), up.flags(), "{fx}: flags");
+        assert_eq!(ours.chunk_size(), up.chunk_size(), "{fx}");
+        assert_eq!(ours.inode_count(), up.inode_count(), "{fx}: inode count");
+        let (a, b) = (&ours.blobs()[0], &up.blobs()[0]);
+        assert_eq!(
+            (
+                a.chunk_count,
+                a.uncompressed_size,
+                a.features,
+                a.compressor,
+                a.digester,
+                a.ci_uncompressed_size,
+                a.ci_compressor
+            ),
+            (
+                b.chunk_count,
+                b.uncompressed_size,
+                b.features,
+                b.compressor,
+                b.digester,
+                b.ci_uncompressed_size,
+                b.ci_compressor
+            ),
+            "{fx}: blob table entry"
+        );
+        assert_eq!(
+            ours.chunk_table().unwrap().len(),
+            up.chunk_table().unwrap().len(),
+            "{fx}: chunk table"
+        );
+        if let (Some(o), Some(u)) = (ours.v6_tables(), up.v6_tables()) {
+            assert_eq!(o.0.inos, u.0.inos, "{fx}: sb.inos");
+            assert_eq!(o.0.root_nid, u.0.root_nid, "{fx}: root nid");
+            assert_eq!(o.0.meta_blkaddr, u.0.meta_blkaddr, "{fx}: meta_blkaddr");
+            assert_eq!(o.0.blocks, u.0.blocks, "{fx}: sb.blocks");
+            let slots = |d: &[rafs_virtiofsd::rafs::layout::DeviceSlot]| -> Vec<(u32, u32)> {
+                d.iter().map(|s| (s.blocks, s.mapped_blkaddr)).collect()
+            };
+            assert_eq!(slots(o.2), slots(u.2), "{fx}: device table");
+        }
+    }
+}
