@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use rafs_virtiofsd::rafs::layout::TocEntry;
-use rafs_virtiofsd::rafs::manifest::{manifest, LocalBlobs, ManifestOptions};
+use rafs_virtiofsd::rafs::manifest::{manifest, walk, LocalBlobs, ManifestOptions};
 use rafs_virtiofsd::rafs::toc::{self, Toc};
 use rafs_virtiofsd::rafs::{blob_features, RafsImage, RafsVersion};
 
@@ -71,6 +71,36 @@ fn check_image(name: &str) -> (RafsImage, LocalBlobs) {
             w.lines().count()
         );
     }
+    // Every path resolves by lookup to the inode the walk found, and readdir resumes
+    // correctly from every cookie.
+    walk(&img, &mut |e| {
+        let a = img.lookup_path(&e.path).unwrap().unwrap();
+        assert_eq!(a, e.attr, "{:?}", String::from_utf8_lossy(&e.path));
+        if a.mode & libc::S_IFMT == libc::S_IFDIR {
+            let mut all = Vec::new();
+            img.readdir(a.ino, 0, &mut |d| {
+                all.push(d);
+                true
+            })
+            .unwrap();
+            for (k, d) in all.iter().enumerate() {
+                let mut rest = Vec::new();
+                img.readdir(a.ino, d.next_offset, &mut |d| {
+                    rest.push(d.name);
+                    rest.len() < 2
+                })
+                .unwrap();
+                let want: Vec<Vec<u8>> = all[k + 1..]
+                    .iter()
+                    .take(2)
+                    .map(|d| d.name.clone())
+                    .collect();
+                assert_eq!(rest, want);
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
     // Every chunk was verified by crc32c or digest.
     assert!(
         blobs.crcs_checked + blobs.digests_checked > 0,

@@ -77,21 +77,27 @@ pub fn walk(img: &RafsImage, f: &mut dyn FnMut(&WalkEntry) -> Result<()>) -> Res
         if e.attr.mode & libc::S_IFMT != libc::S_IFDIR {
             continue;
         }
-        let mut names: Vec<Vec<u8>> = Vec::new();
+        let mut dents: Vec<DirEntry> = Vec::new();
         img.readdir(e.attr.ino, 0, &mut |d| {
             if d.name != b"." && d.name != b".." {
-                names.push(d.name);
+                dents.push(d);
             }
             true
         })?;
-        let mut children = Vec::with_capacity(names.len());
-        for n in names {
-            let attr = img.lookup(e.attr.ino, &n)?.ok_or_else(|| {
-                RafsError::corrupt(format!(
-                    "entry {:?} listed but not found",
-                    String::from_utf8_lossy(&n)
-                ))
-            })?;
+        let mut children = Vec::with_capacity(dents.len());
+        for d in dents {
+            let n = d.name;
+            let attr = img.getattr(d.ino)?;
+            let dt = super::layout::dt_of_file_type(super::layout::file_type_of_mode(attr.mode));
+            if d.file_type != dt {
+                return Err(RafsError::corrupt(format!(
+                    "entry {:?}: dirent type {} but inode {} has mode {:#o}",
+                    String::from_utf8_lossy(&n),
+                    d.file_type,
+                    d.ino,
+                    attr.mode
+                )));
+            }
             if attr.mode & libc::S_IFMT == libc::S_IFDIR && !seen_dirs.insert(attr.ino) {
                 return Err(RafsError::corrupt(format!(
                     "directory inode {} reached twice (loop)",

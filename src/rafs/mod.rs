@@ -3,6 +3,7 @@
 //!
 //! See docs/format.md for the design and ../shared/specs/RAFS-FORMAT.md for the format facts.
 
+pub mod builder;
 pub mod ci;
 pub mod codec;
 pub mod error;

@@ -10,8 +10,8 @@ use super::types::*;
 
 /// Most entries a ToC may have (upstream writes 5).
 pub const MAX_TOC_ENTRIES: usize = 256;
-/// Largest section we decompress from a blob (an inlined bootstrap): 4 GiB.
-pub const MAX_SECTION_SIZE: u64 = 1 << 32;
+/// Largest section we decompress from a blob (an inlined bootstrap): 1 GiB.
+pub const MAX_SECTION_SIZE: u64 = 1 << 30;
 
 /// ToC of a blob with HAS_TOC (RAFS-FORMAT.md §3.5).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
