@@ -408,3 +408,57 @@ fn fsck_erofs_accepts_and_extracts_v6() {
         "fsck.erofs --extract",
     );
 }
+
+/// GNU tar sparse entries in every format (old GNU 'S' headers, PAX 0.0 / 0.1 / 1.0) read
+/// back with their holes as zeros.
+#[test]
+fn gnu_tar_sparse_entries() {
+    if Command::new("tar").arg("--version").output().is_err() {
+        eprintln!("SKIP: GNU tar not installed");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(5 << 20).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(&[7u8; 10000], 1 << 20).unwrap();
+    f.write_all_at(b"tail", (5 << 20) - 4).unwrap();
+    drop(f);
+    let g = std::fs::File::create(src.join("allhole")).unwrap();
+    g.set_len(3 << 20).unwrap();
+    drop(g);
+    std::fs::write(src.join("plain"), b"plain file").unwrap();
+    let want = source_manifest(&src, &["--mtime-sec", "--no-xattr"]);
+    let opts = ManifestOptions {
+        mtime_sec: true,
+        no_xattr: true,
+        ..Default::default()
+    };
+    for args in [
+        &["--format=gnu"][..],
+        &["--format=posix", "--sparse-version=0.0"],
+        &["--format=posix", "--sparse-version=0.1"],
+        &["--format=posix", "--sparse-version=1.0"],
+    ] {
+        let tar = t.path().join("s.tar");
+        run(Command::new("tar")
+            .args(args)
+            .arg("--sparse")
+            .arg("--numeric-owner")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg("."));
+        let d = t.path().join(args.join("_"));
+        let (boot, blobs) = build(&tar, &d, &["-t", "tar-rafs", "--chunk-size", "0x10000"]);
+        assert_same(
+            &image_manifest(&boot, &blobs, opts),
+            &want,
+            &format!("{args:?}"),
+        );
+    }
+}
