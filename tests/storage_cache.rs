@@ -315,3 +315,125 @@ fn read_every_file(fs: &RafsFs) -> usize {
     }
     n
 }
+
+fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(20) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn prefetch_all_fetches_everything_in_the_background() {
+    let name = "v6-zstd-64k-base";
+    let d = image_dir(name);
+    let img = RafsImage::open(&d.join("image.boot")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = cached_config(&d.join("blobs"), work.path(), 0);
+    cfg.fs_prefetch.enable = true;
+    cfg.fs_prefetch.prefetch_all = true;
+    cfg.fs_prefetch.threads_count = 2;
+    let fs = RafsFs::open(&d.join("image.boot"), &cfg).unwrap();
+    // Every distinct chunk the files use (chunk-dict style dedup means <= chunk_count).
+    let n = img.blobs()[0].chunk_count as u64;
+    assert!(
+        wait_for(|| chunk_fetches(&fs) >= n),
+        "prefetch fetched {} of {n}",
+        chunk_fetches(&fs)
+    );
+    // On-demand reads now hit the cache only.
+    let (bad, _) = read_tree(&fs, name);
+    assert!(bad.is_empty());
+    assert_eq!(chunk_fetches(&fs), n);
+    assert_eq!(fs.metrics()["errors"], 0);
+}
+
+#[test]
+fn prefetch_follows_the_prefetch_table_and_bandwidth_limit() {
+    let name = "v6-prefetch-64k";
+    let d = image_dir(name);
+    let img = RafsImage::open(&d.join("image.boot")).unwrap();
+    let table = img.prefetch_inodes().unwrap();
+    assert!(!table.is_empty(), "fixture has a prefetch table");
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = cached_config(&d.join("blobs"), work.path(), 0);
+    cfg.fs_prefetch.enable = true;
+    cfg.fs_prefetch.threads_count = 1;
+    // 2 MiB/s: slow enough to measure.
+    cfg.fs_prefetch.bandwidth_rate = 2 << 20;
+    let t0 = std::time::Instant::now();
+    let fs = RafsFs::open(&d.join("image.boot"), &cfg).unwrap();
+    // The chunks of the prefetch-table files (and only those, unless it names the root).
+    let mut want_chunks = std::collections::HashSet::new();
+    let mut bytes = 0u64;
+    let mut stack = table.clone();
+    while let Some(ino) = stack.pop() {
+        let a = img.getattr(ino).unwrap();
+        match a.mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                for c in img.file_chunks(ino, 0, a.size).unwrap() {
+                    if want_chunks.insert(format!("{:?}", c.chunk)) {
+                        bytes += u64::from(c.len);
+                    }
+                }
+            }
+            libc::S_IFDIR => img
+                .readdir(ino, 0, &mut |e| {
+                    if e.name != b"." && e.name != b".." {
+                        stack.push(e.ino);
+                    }
+                    true
+                })
+                .unwrap(),
+            _ => {}
+        }
+    }
+    let n = want_chunks.len() as u64;
+    assert!(n > 0);
+    assert!(
+        wait_for(|| chunk_fetches(&fs) >= n),
+        "prefetched {} of {n}",
+        chunk_fetches(&fs)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(chunk_fetches(&fs), n, "prefetched more than the table");
+    let min = std::time::Duration::from_secs_f64(bytes as f64 / f64::from(2u32 << 20) * 0.8);
+    assert!(
+        t0.elapsed() >= min,
+        "{bytes} bytes prefetched in {:?}, faster than the limit allows",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn dropping_the_fs_stops_prefetch() {
+    let name = "v6-zstd-64k-base";
+    let d = image_dir(name);
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = cached_config(&d.join("blobs"), work.path(), 0);
+    cfg.fs_prefetch.enable = true;
+    cfg.fs_prefetch.prefetch_all = true;
+    cfg.fs_prefetch.threads_count = 1;
+    // 64 KiB/s: the whole image would take many seconds.
+    cfg.fs_prefetch.bandwidth_rate = 64 << 10;
+    let fs = RafsFs::open(&d.join("image.boot"), &cfg).unwrap();
+    assert!(wait_for(|| chunk_fetches(&fs) >= 1));
+    let device = fs.device().clone();
+    drop(fs);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let n = device
+        .metrics()
+        .chunk_fetches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let m = device
+        .metrics()
+        .chunk_fetches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(n, m, "prefetch kept fetching after the fs was dropped");
+    assert!(m < 20, "rate limit not applied: {m} chunks");
+}
