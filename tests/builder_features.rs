@@ -657,7 +657,10 @@ fn chunk_dict_v5() {
         .arg("create")
         .args(v5)
         .arg("--chunk-dict")
-        .arg(format!("bootstrap={}", t.path().join("dict.boot").display()))
+        .arg(format!(
+            "bootstrap={}",
+            t.path().join("dict.boot").display()
+        ))
         .arg("--bootstrap")
         .arg(&boot)
         .arg("--blob-dir")
@@ -667,7 +670,12 @@ fn chunk_dict_v5() {
     assert_eq!(img.blobs().len(), 2);
     assert_eq!(img.blobs()[1].chunk_count, 1);
     // A v5 blob is just the chunk data: the 1000 new (incompressible) bytes.
-    assert_eq!(std::fs::metadata(blobs.join(&img.blobs()[1].blob_id)).unwrap().len(), 1000);
+    assert_eq!(
+        std::fs::metadata(blobs.join(&img.blobs()[1].blob_id))
+            .unwrap()
+            .len(),
+        1000
+    );
     assert_same(
         &image_manifest(&boot, &blobs, ManifestOptions::default()),
         &source_manifest(&a, &[]),
