@@ -92,3 +92,96 @@ fn rvhelper_manifest_matches_treemanifest() {
     assert!(host.len() > 200, "tree too small: {}", host.len());
     assert_manifests_eq("rvhelper vs treemanifest.py", &host, &guest);
 }
+
+/// Reference run against upstream virtiofsd (path in `$RV_UPSTREAM_VIRTIOFSD`; skipped
+/// without it): proves the harness's vhost-user-fs plumbing and that this guest kernel can use
+/// a virtio-fs passthrough as an overlayfs upper, independently of our daemon.
+#[test]
+fn guest_uses_upstream_virtiofsd_share_as_overlay_upper() {
+    let Some(bin) = std::env::var_os("RV_UPSTREAM_VIRTIOFSD") else {
+        eprintln!("skipped: set RV_UPSTREAM_VIRTIOFSD to an upstream virtiofsd binary");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    for d in ["lower", "upper", "work"] {
+        std::fs::create_dir_all(share.join(d)).unwrap();
+    }
+    std::fs::write(share.join("lower/hello.txt"), b"hello from the host\n").unwrap();
+    let sock = tmp.path().join("vfsd.sock");
+    let child = Command::new(bin)
+        .arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&share)
+        .args([
+            "--sandbox",
+            "none",
+            "--xattr",
+            "--cache",
+            "auto",
+            "--modcaps=+sys_admin",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn upstream virtiofsd");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < end,
+            "virtiofsd socket did not appear"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let workload = r#"
+rv_check read sh -c '[ "$(cat $RV_MNT/lower/hello.txt)" = "hello from the host" ]'
+rv_check trusted-xattr sh -c 'echo x > $RV_MNT/work/x && rvhelper setxattr $RV_MNT/work/x trusted.overlay.t 30'
+rv_check rename-whiteout sh -c 'echo y > $RV_MNT/work/y && rvhelper rename-whiteout $RV_MNT/work/y $RV_MNT/work/z'
+rv_check cleanup rm -f $RV_MNT/work/x $RV_MNT/work/y $RV_MNT/work/z
+mkdir -p /ov
+rv_check overlay mount -t overlay overlay -o lowerdir=$RV_MNT/lower,upperdir=$RV_MNT/upper,workdir=$RV_MNT/work,index=off /ov
+rv_check write sh -c 'echo from-guest > /ov/new.txt && rm /ov/hello.txt'
+rv_check umount umount /ov
+dmesg | grep -i overlay
+"#;
+    let run = run_vm(&VmConfig::new(Some(&sock), workload), |_| false);
+    run.assert_ok(&["read", "overlay", "write", "umount"]);
+    assert_eq!(
+        std::fs::read(share.join("upper/new.txt")).unwrap(),
+        b"from-guest\n"
+    );
+    let wh = std::fs::symlink_metadata(share.join("upper/hello.txt")).unwrap();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "whiteout in upper"
+    );
+}
+
+/// A guest that never finishes is killed at the hard timeout and the test fails with the last
+/// console lines (here: the line printed just before the hang).
+#[test]
+fn hung_guest_is_killed_at_the_timeout() {
+    let mut cfg = VmConfig::new(None, "echo before-the-hang\nsleep 1000\n");
+    cfg.timeout = std::time::Duration::from_secs(15);
+    let t0 = std::time::Instant::now();
+    let err = std::panic::catch_unwind(|| run_vm(&cfg, |_| false)).expect_err("run_vm must fail");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("guest did not finish within 15s"), "{msg}");
+    assert!(
+        msg.contains("before-the-hang"),
+        "last console lines in the message: {msg}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(40),
+        "killed promptly"
+    );
+}

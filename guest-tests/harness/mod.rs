@@ -556,6 +556,23 @@ impl Daemon {
     /// Starts `rafs-virtiofsd virtiofs --sock S --apisock A --log-level info EXTRA...` and
     /// waits until the socket exists and the API reports RUNNING.
     pub fn start(extra: &[&str]) -> Daemon {
+        let mut d = Daemon::spawn(|sock, api| {
+            let mut a: Vec<OsString> = vec!["virtiofs".into(), "--sock".into(), sock.into()];
+            a.extend([
+                "--apisock".into(),
+                api.into(),
+                "--log-level".into(),
+                "info".into(),
+            ]);
+            a.extend(extra.iter().map(OsString::from));
+            a
+        });
+        d.wait_ready(Duration::from_secs(15));
+        d
+    }
+
+    /// Spawns the daemon with the argv `args(sock, apisock)` builds, without waiting for it.
+    pub fn spawn(args: impl FnOnce(&Path, &Path) -> Vec<OsString>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("rv")
             .tempdir_in("/tmp")
@@ -564,28 +581,19 @@ impl Daemon {
         let apisock = dir.path().join("api.sock");
         let log = dir.path().join("daemon.log");
         let child = Command::new(daemon_bin())
-            .arg("virtiofs")
-            .arg("--sock")
-            .arg(&sock)
-            .arg("--apisock")
-            .arg(&apisock)
-            .arg("--log-level")
-            .arg("info")
-            .args(extra)
+            .args(args(&sock, &apisock))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&log).expect("log"))
             .stderr(fs::File::create(dir.path().join("daemon.stderr")).expect("log"))
             .spawn()
             .expect("spawn rafs-virtiofsd");
-        let mut d = Daemon {
+        Daemon {
             child: Some(child),
             sock,
             apisock,
             log,
             dir,
-        };
-        d.wait_ready(Duration::from_secs(15));
-        d
+        }
     }
 
     /// The daemon's output so far (stdout and stderr).
@@ -850,4 +858,73 @@ pub fn assert_manifests_eq(what: &str, host: &[String], guest: &[String]) {
         only_host.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"),
         only_guest.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"),
     );
+}
+
+/// A RAFS fixture built by upstream nydus-image, copied into tests/fixtures/images/NAME.
+pub fn fixture(name: &str) -> PathBuf {
+    let p = repo_root().join("tests/fixtures/images").join(name);
+    assert!(
+        p.join("image.boot").exists(),
+        "fixture {} missing",
+        p.display()
+    );
+    p
+}
+
+/// The manifest stored for a fixture tree (tests/fixtures/manifests/TREE.manifest) and the
+/// flags it was made with.
+pub fn fixture_manifest(name: &str) -> (Vec<String>, Vec<String>) {
+    let dir = fixture(name);
+    let tree = fs::read_to_string(dir.join("TREE")).expect("TREE");
+    let text = fs::read_to_string(
+        repo_root()
+            .join("tests/fixtures/manifests")
+            .join(format!("{}.manifest", tree.trim())),
+    )
+    .expect("fixture manifest");
+    let flags = fs::read_to_string(dir.join("MANIFEST_FLAGS"))
+        .map(|f| f.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    (text.lines().map(str::to_string).collect(), flags)
+}
+
+/// Builds a RAFS v6 image of `src` with our `rafs-image` (zstd, 64 KiB chunks) into `out`;
+/// returns (bootstrap, blob dir).
+pub fn build_image(src: &Path, out: &Path) -> (PathBuf, PathBuf) {
+    let boot = out.join("image.boot");
+    let blobs = out.join("blobs");
+    fs::create_dir_all(&blobs).expect("mkdir blobs");
+    run_cmd(
+        Command::new(image_bin())
+            .arg("create")
+            .arg("--bootstrap")
+            .arg(&boot)
+            .arg("--blob-dir")
+            .arg(&blobs)
+            .args([
+                "--fs-version",
+                "6",
+                "--compressor",
+                "zstd",
+                "--chunk-size",
+                "0x10000",
+            ])
+            .arg(src),
+    );
+    (boot, blobs)
+}
+
+/// nydusd v1 config JSON (as nydus-snapshotter writes it) for a localfs blob dir.
+pub fn localfs_config(blob_dir: &Path) -> String {
+    serde_json::json!({
+        "device": {
+            "backend": {"type": "localfs", "config": {"dir": blob_dir.to_string_lossy()}},
+            "cache": {"type": ""}
+        },
+        "mode": "direct",
+        "digest_validate": false,
+        "enable_xattr": true,
+        "fs_prefetch": {"enable": false}
+    })
+    .to_string()
 }

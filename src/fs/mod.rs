@@ -1,4 +1,5 @@
 //! FUSE filesystems: RAFS, passthrough, and their composition.
 pub mod mountroot;
 pub mod passthrough;
+pub mod rafs;
 pub mod vfs;

@@ -38,6 +38,9 @@ pub enum RafsError {
     /// An operation on an inode of the wrong type (readdir on a file, readlink on a dir...).
     #[error("inode {ino} is not a {expected}")]
     WrongType { ino: u64, expected: &'static str },
+    /// Chunk data read from a blob failed verification (crc32, digest, size).
+    #[error("bad chunk data: {0}")]
+    BadData(String),
     /// Decompression of a ci array or an inlined bootstrap failed.
     #[error(transparent)]
     Codec(#[from] CodecError),

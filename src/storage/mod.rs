@@ -4,6 +4,10 @@
 //! [`BlobBackend`]: a range read of a blob by id. Everything between (ci arrays, cache,
 //! single-flight, amplification, verification) lives behind these two traits.
 
+pub mod cache;
+pub mod device;
+pub mod flight;
+pub mod localfs;
 pub mod registry;
 
 use std::sync::Arc;
@@ -74,4 +78,35 @@ pub trait BlobBackend: Send + Sync {
 pub trait ChunkReader: Send + Sync {
     /// The whole uncompressed chunk referenced by `chunk`, verified per policy.
     fn read_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>>;
+
+    /// Write bytes `[offset, offset + len)` of the chunk into a FUSE reply; returns the
+    /// bytes written. Implementations may serve cached chunks straight from a file into
+    /// the reply buffers; the default goes through [`ChunkReader::read_chunk`].
+    fn write_chunk_range(
+        &self,
+        chunk: &ChunkRef,
+        offset: usize,
+        len: usize,
+        w: &mut dyn fuse_backend_rs::api::filesystem::ZeroCopyWriter,
+    ) -> Result<usize> {
+        let data = self.read_chunk(chunk)?;
+        write_window(&data, offset, len, w)
+    }
+}
+
+/// Write `data[offset..offset + len]` (clamped to the data) into `w`.
+pub fn write_window(
+    data: &[u8],
+    offset: usize,
+    len: usize,
+    w: &mut dyn std::io::Write,
+) -> Result<usize> {
+    let start = offset.min(data.len());
+    let end = offset.saturating_add(len).min(data.len());
+    w.write_all(&data[start..end])
+        .map_err(|source| StorageError::Io {
+            blob_id: String::new(),
+            source,
+        })?;
+    Ok(end - start)
 }
