@@ -135,6 +135,7 @@ fn coexists_with_upstream_nydusd_files_in_one_work_dir() {
     assert!(bad.is_empty() && !good.is_empty());
     // The invalid blob.meta was ignored (ci fetched from the blob instead).
     assert_eq!(fs.metrics()["device"]["ci_from_meta"], 0);
+    assert_eq!(fs.metrics()["device"]["ci_loads"], 1);
     // Upstream's files are untouched; everything of ours is under rafs-chunks/.
     assert_eq!(snapshot(work.path()), before);
     let names: Vec<String> = std::fs::read_dir(work.path())

@@ -310,15 +310,34 @@ impl FsTree {
         mountpoint: &str,
     ) -> Result<(), MountError> {
         let mp = normalize_mountpoint(mountpoint)?;
-        // Held across the whole mount so two racing mounts of one path cannot both succeed.
-        let mut mounts = self.mounts.lock();
-        if mounts.contains_key(&mp) {
+        // Cheap early check so a bad request does not open anything; mount_backend checks
+        // again under the lock.
+        if self.mounts.lock().contains_key(&mp) {
             return Err(MountError::AlreadyMounted(mp));
         }
         let (fs, cfg_json): (BackFileSystem, Value) = match fs_type {
             FsType::Passthrough => (Box::new(new_passthrough(Path::new(source))?), Value::Null),
             FsType::Rafs => open_rafs(Path::new(source), config)?,
         };
+        self.mount_backend(fs, fs_type, source, cfg_json, &mp)
+    }
+
+    /// Mounts an already created backend at `mountpoint`, recorded in the mount table as
+    /// `fs_type` from `source` with `config` (shown by the API).
+    pub fn mount_backend(
+        &self,
+        fs: BackFileSystem,
+        fs_type: FsType,
+        source: &str,
+        config: Value,
+        mountpoint: &str,
+    ) -> Result<(), MountError> {
+        let mp = normalize_mountpoint(mountpoint)?;
+        // Held across the VFS mount so two racing mounts of one path cannot both succeed.
+        let mut mounts = self.mounts.lock();
+        if mounts.contains_key(&mp) {
+            return Err(MountError::AlreadyMounted(mp));
+        }
         let fs: BackFileSystem = Box::new(super::mountroot::MountRootFs(fs));
         let fs_idx = self
             .vfs
@@ -337,7 +356,7 @@ impl FsTree {
                 source: source.to_string(),
                 mountpoint: mp,
                 mounted_time: now,
-                config: cfg_json,
+                config,
                 fs_idx,
             },
         );

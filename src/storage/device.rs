@@ -70,7 +70,8 @@ pub struct DeviceMetrics {
     pub verify_errors: AtomicU64,
     /// ci arrays loaded (from blob.meta or the backend).
     pub ci_loads: AtomicU64,
-    /// ci arrays taken from a valid `<work_dir>/<blob_id>.blob.meta`.
+    /// ci arrays taken from a valid `<work_dir>/<blob_id>.blob.meta` or from the copy kept
+    /// in the shared cache.
     pub ci_from_meta: AtomicU64,
 }
 
@@ -280,24 +281,49 @@ impl BlobDevice {
                 a
             }
             None => {
-                let (off, len) = ci::ci_range(info);
-                if len > (64 << 20) + 4096 {
-                    return Err(StorageError::BadCi {
-                        blob_id: info.blob_id.clone(),
-                        reason: format!("ci array of {len} bytes is too large"),
-                    });
+                let kept = self.cache.as_ref().and_then(|c| c.get_meta(&info.blob_id));
+                let kept = kept.and_then(|raw| match ChunkInfoArray::parse(info, &raw) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        log::debug!("kept ci of {} unusable: {e}", info.blob_id);
+                        None
+                    }
+                });
+                match kept {
+                    Some(a) => {
+                        self.metrics.ci_from_meta.fetch_add(1, Ordering::Relaxed);
+                        a
+                    }
+                    None => self.fetch_ci(info)?,
                 }
-                let mut buf = vec![0u8; len as usize];
-                self.backend_read(&info.blob_id, off, &mut buf)?;
-                ChunkInfoArray::parse(info, &buf).map_err(|e| StorageError::BadCi {
-                    blob_id: info.blob_id.clone(),
-                    reason: e.to_string(),
-                })?
             }
         };
         self.metrics.ci_loads.fetch_add(1, Ordering::Relaxed);
         let arr = Arc::new(arr);
         *slot = Some(arr.clone());
+        Ok(arr)
+    }
+
+    /// Range-read and parse a blob's ci array; keep the raw bytes in the shared cache.
+    fn fetch_ci(&self, info: &BlobInfo) -> Result<ChunkInfoArray> {
+        let (off, len) = ci::ci_range(info);
+        if len > (64 << 20) + 4096 {
+            return Err(StorageError::BadCi {
+                blob_id: info.blob_id.clone(),
+                reason: format!("ci array of {len} bytes is too large"),
+            });
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.backend_read(&info.blob_id, off, &mut buf)?;
+        let arr = ChunkInfoArray::parse(info, &buf).map_err(|e| StorageError::BadCi {
+            blob_id: info.blob_id.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(c) = &self.cache {
+            if let Err(e) = c.put_meta(&info.blob_id, &buf) {
+                log::debug!("keeping the ci of {}: {e}", info.blob_id);
+            }
+        }
         Ok(arr)
     }
 
