@@ -310,15 +310,34 @@ impl FsTree {
         mountpoint: &str,
     ) -> Result<(), MountError> {
         let mp = normalize_mountpoint(mountpoint)?;
-        // Held across the whole mount so two racing mounts of one path cannot both succeed.
-        let mut mounts = self.mounts.lock();
-        if mounts.contains_key(&mp) {
+        // Cheap early check so a bad request does not open anything; mount_backend checks
+        // again under the lock.
+        if self.mounts.lock().contains_key(&mp) {
             return Err(MountError::AlreadyMounted(mp));
         }
         let (fs, cfg_json): (BackFileSystem, Value) = match fs_type {
             FsType::Passthrough => (Box::new(new_passthrough(Path::new(source))?), Value::Null),
             FsType::Rafs => open_rafs(Path::new(source), config)?,
         };
+        self.mount_backend(fs, fs_type, source, cfg_json, &mp)
+    }
+
+    /// Mounts an already created backend at `mountpoint`, recorded in the mount table as
+    /// `fs_type` from `source` with `config` (shown by the API).
+    pub fn mount_backend(
+        &self,
+        fs: BackFileSystem,
+        fs_type: FsType,
+        source: &str,
+        config: Value,
+        mountpoint: &str,
+    ) -> Result<(), MountError> {
+        let mp = normalize_mountpoint(mountpoint)?;
+        // Held across the VFS mount so two racing mounts of one path cannot both succeed.
+        let mut mounts = self.mounts.lock();
+        if mounts.contains_key(&mp) {
+            return Err(MountError::AlreadyMounted(mp));
+        }
         let fs: BackFileSystem = Box::new(super::mountroot::MountRootFs(fs));
         let fs_idx = self
             .vfs
@@ -337,7 +356,7 @@ impl FsTree {
                 source: source.to_string(),
                 mountpoint: mp,
                 mounted_time: now,
-                config: cfg_json,
+                config,
                 fs_idx,
             },
         );
@@ -406,15 +425,19 @@ fn backend_metrics(vfs: &Vfs, mountpoint: &str) -> Option<Value> {
     rafs_metrics(fs.as_any())
 }
 
-fn rafs_metrics(_fs: &dyn std::any::Any) -> Option<Value> {
-    None
+fn rafs_metrics(fs: &dyn std::any::Any) -> Option<Value> {
+    fs.downcast_ref::<crate::fs::rafs::RafsFs>()
+        .map(|r| r.metrics())
 }
 
-/// Opens a RAFS filesystem. Returns the backend and its config (secrets removed) for the API.
-fn open_rafs(_bootstrap: &Path, _config: &str) -> Result<(BackFileSystem, Value), MountError> {
-    Err(MountError::Rafs(
-        "RAFS filesystem support is not available in this build yet".into(),
-    ))
+/// Opens a RAFS filesystem. Returns the backend and the config to report in the API
+/// (null for now: a secret-free rendering of the config is not written yet).
+fn open_rafs(bootstrap: &Path, config: &str) -> Result<(BackFileSystem, Value), MountError> {
+    let cfg =
+        crate::config::RafsConfig::from_str(config).map_err(|e| MountError::Rafs(e.to_string()))?;
+    let fs = crate::fs::rafs::RafsFs::open(bootstrap, &cfg)
+        .map_err(|e| MountError::Rafs(e.to_string()))?;
+    Ok((Box::new(fs), Value::Null))
 }
 
 #[cfg(test)]
