@@ -2,10 +2,10 @@
 //! (which loads the bootstrap with validation, walks the chunk table and the blobs' ci
 //! arrays), upstream `unpack` must read our data back, upstream `create` must accept our
 //! bootstrap as `--chunk-dict` / `--parent-bootstrap`, and upstream `merge` must accept our
-//! per-layer bootstraps.
+//! per-layer bootstraps, and upstream `nydusd` must serve them like the source tree.
 //!
-//! Needs an upstream binary: set NYDUS_IMAGE=/path/to/nydus-image. Without it every test
-//! prints "SKIP" and passes.
+//! Needs upstream binaries: set NYDUS_IMAGE=/path/to/nydus-image and NYDUSD=/path/to/nydusd.
+//! Without them the tests print "SKIP" and pass.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -103,6 +103,12 @@ fn upstream_check_and_unpack_accept_our_images() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     small_tree(&src);
+    // Upstream `unpack` panics ("not implemented", InodeWrapper::Ref) on any image holding
+    // a fifo or a device node, images it built itself included (checked at 34e6071e), so
+    // leave those out here; upstream `check` still sees them in the other tests.
+    for special in ["fifo", "chardev", "blockdev"] {
+        std::fs::remove_file(src.join(special)).unwrap();
+    }
     for (i, args) in [
         &["--chunk-size", "0x10000"][..],
         &[
@@ -169,6 +175,7 @@ fn upstream_create_uses_our_bootstrap_as_dict_and_parent() {
     let (boot, blobs) = build(&src, &t.path().join("ours"), &["--chunk-size", "0x10000"]);
     // Same tree with a chunk dict = ours: upstream writes no new chunk.
     let up = t.path().join("up");
+    std::fs::create_dir_all(&up).unwrap();
     run(Command::new(&ni)
         .args(["create", "--chunk-size", "0x10000", "--chunk-dict"])
         .arg(format!("bootstrap={}", boot.display()))
@@ -300,4 +307,91 @@ fn upstream_merge_of_our_layers() {
     )
     .unwrap();
     assert_same(&b, &a, "our merge vs upstream merge");
+}
+
+/// Upstream nydusd (FUSE mode) must serve our images exactly like the source tree, with and
+/// without digest validation. Needs NYDUSD=/path/to/nydusd; prints SKIP otherwise.
+#[test]
+fn upstream_nydusd_serves_our_images() {
+    let nydusd = match std::env::var_os("NYDUSD") {
+        Some(p) if Path::new(&p).exists() => PathBuf::from(p),
+        _ => {
+            eprintln!("SKIP: set NYDUSD to an upstream nydusd binary to run this test");
+            return;
+        }
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    small_tree(&src);
+    let want = source_manifest(&src, &[]);
+    let cases: [(&[&str], bool); 4] = [
+        (&["--chunk-size", "0x10000"], false),
+        (
+            &[
+                "--compressor",
+                "lz4_block",
+                "--digester",
+                "sha256",
+                "--chunk-size",
+                "0x10000",
+            ],
+            false,
+        ),
+        (&["--compressor", "none"], false),
+        // nydusd validates digests for v5 only (it refuses digest_validate on v6).
+        (&["--fs-version", "5", "--chunk-size", "0x10000"], true),
+    ];
+    for (i, (args, validate)) in cases.iter().enumerate() {
+        let d = t.path().join(format!("n{i}"));
+        let (boot, blobs) = build(&src, &d, args);
+        let mnt = d.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let cfg = d.join("config.json");
+        std::fs::write(
+            &cfg,
+            serde_json::json!({
+                "device": {
+                    "backend": {"type": "localfs", "config": {"dir": blobs}},
+                    "cache": {"type": "blobcache", "config": {"work_dir": d.join("cache")}}
+                },
+                "mode": "direct",
+                "digest_validate": validate,
+                "enable_xattr": true
+            })
+            .to_string(),
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.join("cache")).unwrap();
+        let mut child = Command::new(&nydusd)
+            .args(["--rlimit-nofile", "0", "--log-level", "warn", "--config"])
+            .arg(&cfg)
+            .arg("--bootstrap")
+            .arg(&boot)
+            .arg("--mountpoint")
+            .arg(&mnt)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the FUSE mount is up.
+        let mounted = |p: &Path| {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+        };
+        let t0 = std::time::Instant::now();
+        while !mounted(&mnt) {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "nydusd did not mount {args:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let got = source_manifest(&mnt, &[]);
+        let _ = Command::new("umount").arg(&mnt).status();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_same(&got, &want, &format!("nydusd serving our {args:?} image"));
+    }
 }
