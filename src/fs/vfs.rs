@@ -425,15 +425,19 @@ fn backend_metrics(vfs: &Vfs, mountpoint: &str) -> Option<Value> {
     rafs_metrics(fs.as_any())
 }
 
-fn rafs_metrics(_fs: &dyn std::any::Any) -> Option<Value> {
-    None
+fn rafs_metrics(fs: &dyn std::any::Any) -> Option<Value> {
+    fs.downcast_ref::<crate::fs::rafs::RafsFs>()
+        .map(|r| r.metrics())
 }
 
-/// Opens a RAFS filesystem. Returns the backend and its config (secrets removed) for the API.
-fn open_rafs(_bootstrap: &Path, _config: &str) -> Result<(BackFileSystem, Value), MountError> {
-    Err(MountError::Rafs(
-        "RAFS filesystem support is not available in this build yet".into(),
-    ))
+/// Opens a RAFS filesystem. Returns the backend and the config to report in the API
+/// (null for now: a secret-free rendering of the config is not written yet).
+fn open_rafs(bootstrap: &Path, config: &str) -> Result<(BackFileSystem, Value), MountError> {
+    let cfg =
+        crate::config::RafsConfig::from_str(config).map_err(|e| MountError::Rafs(e.to_string()))?;
+    let fs = crate::fs::rafs::RafsFs::open(bootstrap, &cfg)
+        .map_err(|e| MountError::Rafs(e.to_string()))?;
+    Ok((Box::new(fs), Value::Null))
 }
 
 #[cfg(test)]
