@@ -269,6 +269,25 @@ impl ChunkCache {
         ChunkLock { _file: file }
     }
 
+    /// Like [`ChunkCache::lock_chunk`] but never waits: `None` if another fetcher holds
+    /// the stripe (used for amplified neighbours, so a fetcher never blocks while holding).
+    pub fn try_lock_chunk(&self, key: &CacheKey) -> Option<ChunkLock> {
+        let p = self
+            .root
+            .join("locks")
+            .join(format!("{:03x}", key.stripe()));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .ok()?;
+        // SAFETY: flock on a valid, owned fd; no memory is involved.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        (r == 0).then_some(ChunkLock { _file: Some(f) })
+    }
+
     /// Store verified `data` under `key` (no-op if present).
     pub fn insert(&self, key: &CacheKey, data: &[u8]) -> io::Result<()> {
         let r = self.insert_inner(key, data);

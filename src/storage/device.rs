@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use fuse_backend_rs::api::filesystem::ZeroCopyWriter;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-use super::cache::{CacheKey, ChunkCache};
+use super::cache::{CacheKey, ChunkCache, ChunkLock};
 use super::flight::SingleFlight;
 use super::{BlobBackend, ChunkReader, Result, StorageError};
 use crate::rafs::ci::{self, ChunkInfoArray};
@@ -139,6 +139,10 @@ pub struct BlobDevice {
     /// Records of the bootstrap chunk table, kept until the table is first needed.
     table_src: Mutex<Option<Vec<ChunkInfo>>>,
     flights: SingleFlight<(u32, u64), Arc<Vec<u8>>>,
+    /// Chunks being fetched as amplified neighbours of another chunk; a reader of one waits
+    /// for that fetch instead of starting its own.
+    pending: Mutex<std::collections::HashSet<(u32, u64)>>,
+    pending_cv: Condvar,
     mem: Mutex<MemCache>,
     cache: Option<Arc<ChunkCache>>,
     metrics: DeviceMetrics,
@@ -210,6 +214,8 @@ impl BlobDevice {
             table: OnceLock::new(),
             table_src: Mutex::new(table_src),
             flights: SingleFlight::default(),
+            pending: Mutex::new(std::collections::HashSet::new()),
+            pending_cv: Condvar::new(),
             cache,
             metrics: DeviceMetrics::default(),
         })
@@ -529,16 +535,22 @@ impl BlobDevice {
 
     /// Neighbours of `c` to fetch in the same backend request (contiguous compressed ranges,
     /// total at most `amplify_io`), not already cached.
-    fn neighbours(&self, c: &ChunkInfo) -> Vec<ChunkInfo> {
+    /// The chosen neighbours are claimed: marked pending in this process, and (with the
+    /// shared cache) their fetch locks taken without waiting, so other threads and processes
+    /// wait for this fetch instead of duplicating it.
+    fn neighbours(&self, c: &ChunkInfo) -> (Vec<ChunkInfo>, Vec<ChunkLock>) {
         let mut out = Vec::new();
+        let mut locks = Vec::new();
         let limit = self.opts.amplify_io;
         if limit <= u64::from(c.compressed_size) {
-            return out;
+            return (out, locks);
         }
         let Ok(arr) = self.ci_array_if_v6(c) else {
-            return out;
+            return (out, locks);
         };
-        let Some(arr) = arr else { return out };
+        let Some(arr) = arr else {
+            return (out, locks);
+        };
         let mut total = u64::from(c.compressed_size);
         let mut end = c.compressed_offset + u64::from(c.compressed_size);
         let mut next = c.index + 1;
@@ -563,18 +575,38 @@ impl BlobDevice {
                 }
             }
             if let Some(cache) = &self.cache {
-                if let Ok(k) = self.cache_key(&n) {
-                    if cache.contains(&k) {
-                        break;
-                    }
+                let Ok(k) = self.cache_key(&n) else { break };
+                if cache.contains(&k) {
+                    break;
                 }
+                let Some(l) = cache.try_lock_chunk(&k) else {
+                    break;
+                };
+                // Another process may have stored it just before we locked.
+                if cache.contains(&k) {
+                    break;
+                }
+                locks.push(l);
+            }
+            if !self.pending.lock().insert(nk) {
+                break;
             }
             total += u64::from(n.compressed_size);
             end += u64::from(n.compressed_size);
             out.push(n);
             next += 1;
         }
-        out
+        (out, locks)
+    }
+
+    /// Wait while chunk `key` is being fetched as another chunk's neighbour.
+    fn wait_pending(&self, key: &(u32, u64)) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        let mut p = self.pending.lock();
+        while p.contains(key) && std::time::Instant::now() < deadline {
+            self.pending_cv
+                .wait_for(&mut p, std::time::Duration::from_millis(100));
+        }
     }
 
     fn ci_array_if_v6(&self, c: &ChunkInfo) -> Result<Option<Arc<ChunkInfoArray>>> {
@@ -588,7 +620,29 @@ impl BlobDevice {
     fn fetch(&self, c: &ChunkInfo) -> Result<Arc<Vec<u8>>> {
         let b = self.blob(c.blob_index)?;
         let id = b.info.blob_id.clone();
-        let extra = self.neighbours(c);
+        let (extra, _locks) = self.neighbours(c);
+        // Unclaim the neighbours however this fetch ends (after the locks' release order
+        // does not matter: the cache is re-checked under the lock by waiters).
+        struct Unclaim<'a> {
+            dev: &'a BlobDevice,
+            keys: Vec<(u32, u64)>,
+        }
+        impl Drop for Unclaim<'_> {
+            fn drop(&mut self) {
+                let mut p = self.dev.pending.lock();
+                for k in &self.keys {
+                    p.remove(k);
+                }
+                self.dev.pending_cv.notify_all();
+            }
+        }
+        let _unclaim = Unclaim {
+            dev: self,
+            keys: extra
+                .iter()
+                .map(|n| (n.blob_index, n.compressed_offset))
+                .collect(),
+        };
         let total: u64 = u64::from(c.compressed_size)
             + extra
                 .iter()
@@ -662,6 +716,7 @@ impl BlobDevice {
             return Ok(d);
         }
         let (r, _) = self.flights.run(key, || {
+            self.wait_pending(&key);
             if let Some(d) = self.mem.lock().get(&key) {
                 return Ok(d);
             }
