@@ -284,9 +284,10 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
                 loop {
                     match ch.get_request() {
                         Ok(Some((reader, writer))) => {
-                            if let Err(e) =
-                                server.handle_message(reader, writer.into(), None, Some(&*hook))
-                            {
+                            let r =
+                                server.handle_message(reader, writer.into(), None, Some(&*hook));
+                            hook.record_reply(&r);
+                            if let Err(e) = r {
                                 log::debug!("fuse: request failed: {e:?}");
                             }
                         }

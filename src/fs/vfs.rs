@@ -19,6 +19,8 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::passthrough::{new_passthrough, PassthroughError};
+use super::rafs::RafsFs;
+use crate::config::RafsConfig;
 
 /// Bits of a VFS inode number that select the backend filesystem (fuse-backend-rs layout).
 const VFS_INDEX_SHIFT: u32 = 56;
@@ -117,7 +119,7 @@ pub struct MountRecord {
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
-    errors: AtomicU64,
+    failed: AtomicU64,
     read_ops: AtomicU64,
     read_bytes: AtomicU64,
     write_ops: AtomicU64,
@@ -128,7 +130,7 @@ impl Counters {
     fn reset(&self) {
         for c in [
             &self.requests,
-            &self.errors,
+            &self.failed,
             &self.read_ops,
             &self.read_bytes,
             &self.write_ops,
@@ -141,7 +143,7 @@ impl Counters {
     fn to_json(&self) -> Value {
         json!({
             "requests": self.requests.load(Ordering::Relaxed),
-            "errors": self.errors.load(Ordering::Relaxed),
+            "failed_requests": self.failed.load(Ordering::Relaxed),
             "read_ops": self.read_ops.load(Ordering::Relaxed),
             "read_bytes": self.read_bytes.load(Ordering::Relaxed),
             "write_ops": self.write_ops.load(Ordering::Relaxed),
@@ -170,36 +172,51 @@ impl FsMetrics {
     }
 }
 
+impl FsMetrics {
+    /// Records the outcome of the request this thread just handled: `Ok(n)` is the reply
+    /// length (READ payload bytes are counted), `Err` a request that could not be decoded
+    /// or answered. fuse-backend-rs does not pass the reply header to the hook, so
+    /// transports call this with what `Server::handle_message` returned.
+    pub fn record_reply<E>(&self, r: &Result<usize, E>) {
+        let (idx, opcode, _) = CURRENT.with(|c| c.get());
+        let c = &self.per_fs[idx as usize];
+        match r {
+            Ok(n) if opcode == FUSE_READ => {
+                c.read_bytes.fetch_add(
+                    (*n as u64).saturating_sub(u64::from(OUT_HEADER_LEN)),
+                    Ordering::Relaxed,
+                );
+            }
+            Ok(_) => {}
+            Err(_) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl MetricsHook for FsMetrics {
     fn collect(&self, ih: &InHeader) {
         let idx = (ih.nodeid >> VFS_INDEX_SHIFT) as u8;
         CURRENT.with(|c| c.set((idx, ih.opcode, ih.len)));
         let c = &self.per_fs[idx as usize];
         c.requests.fetch_add(1, Ordering::Relaxed);
-        if ih.opcode == FUSE_WRITE {
-            c.write_ops.fetch_add(1, Ordering::Relaxed);
-            c.write_bytes.fetch_add(
-                u64::from(ih.len.saturating_sub(WRITE_HEADERS_LEN)),
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    fn release(&self, oh: Option<&OutHeader>) {
-        let (idx, opcode, _) = CURRENT.with(|c| c.get());
-        let c = &self.per_fs[idx as usize];
-        if let Some(oh) = oh {
-            if oh.error != 0 {
-                c.errors.fetch_add(1, Ordering::Relaxed);
-            } else if opcode == FUSE_READ {
+        match ih.opcode {
+            FUSE_READ => {
                 c.read_ops.fetch_add(1, Ordering::Relaxed);
-                c.read_bytes.fetch_add(
-                    u64::from(oh.len.saturating_sub(OUT_HEADER_LEN)),
+            }
+            FUSE_WRITE => {
+                c.write_ops.fetch_add(1, Ordering::Relaxed);
+                c.write_bytes.fetch_add(
+                    u64::from(ih.len.saturating_sub(WRITE_HEADERS_LEN)),
                     Ordering::Relaxed,
                 );
             }
+            _ => {}
         }
     }
+
+    fn release(&self, _oh: Option<&OutHeader>) {}
 }
 
 /// The VFS options used for every transport: like nydusd in Kata (open/opendir served,
@@ -426,18 +443,32 @@ fn backend_metrics(vfs: &Vfs, mountpoint: &str) -> Option<Value> {
 }
 
 fn rafs_metrics(fs: &dyn std::any::Any) -> Option<Value> {
-    fs.downcast_ref::<crate::fs::rafs::RafsFs>()
-        .map(|r| r.metrics())
+    fs.downcast_ref::<RafsFs>().map(RafsFs::metrics)
 }
 
-/// Opens a RAFS filesystem. Returns the backend and the config to report in the API
-/// (null for now: a secret-free rendering of the config is not written yet).
+/// The config text as JSON (JSON as is, TOML converted), secrets removed, for the API.
+fn config_for_api(config: &str) -> Value {
+    let mut v = serde_json::from_str::<Value>(config)
+        .ok()
+        .or_else(|| {
+            toml::from_str::<toml::Value>(config)
+                .ok()
+                .and_then(|t| serde_json::to_value(t).ok())
+        })
+        .unwrap_or(Value::Null);
+    redact_secrets(&mut v);
+    v
+}
+
+/// Opens a RAFS filesystem. Returns the backend and its config (secrets removed) for the API.
 fn open_rafs(bootstrap: &Path, config: &str) -> Result<(BackFileSystem, Value), MountError> {
-    let cfg =
-        crate::config::RafsConfig::from_str(config).map_err(|e| MountError::Rafs(e.to_string()))?;
-    let fs = crate::fs::rafs::RafsFs::open(bootstrap, &cfg)
-        .map_err(|e| MountError::Rafs(e.to_string()))?;
-    Ok((Box::new(fs), Value::Null))
+    let cfg = RafsConfig::from_str(config).map_err(|e| MountError::Rafs(format!("config: {e}")))?;
+    for f in &cfg.unknown_fields {
+        log::warn!("RAFS config: ignoring unknown field {f}");
+    }
+    let fs = RafsFs::open(bootstrap, &cfg)
+        .map_err(|e| MountError::Rafs(format!("{}: {e}", bootstrap.display())))?;
+    Ok((Box::new(fs), config_for_api(config)))
 }
 
 #[cfg(test)]

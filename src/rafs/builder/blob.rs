@@ -178,7 +178,7 @@ pub(super) fn finish_build(
     if has_chunks {
         let data_len = blob.len();
         if inline {
-            let d = blob.digest_so_far();
+            let d = blob.digest_so_far()?;
             toc.push(toc_entry(
                 layout::TOC_ENTRY_BLOB_RAW,
                 Compressor::None,
