@@ -985,4 +985,44 @@ mod tests {
         assert_eq!(cache3.metrics().corrupt.load(Ordering::Relaxed), 1);
         assert_eq!(std::fs::read(cache3.path_of(&key)).unwrap(), *first[5]);
     }
+
+    #[test]
+    fn a_slow_fetch_does_not_block_cached_reads() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(t.path(), 0).unwrap();
+        let (img, blobs) = fixture("v6-zstd-64k-base");
+        let slow = Arc::new(Slow {
+            inner: LocalFsBackend::from_dir(&blobs),
+            reads: AtomicU64::new(0),
+            delay: Duration::from_millis(1500),
+        });
+        let ids = img.blobs().iter().map(|b| b.blob_id.clone()).collect();
+        let opts = DeviceOptions {
+            amplify_io: 0,
+            mem_cache_bytes: 0,
+            ..Default::default()
+        };
+        let dev = Arc::new(BlobDevice::new(&img, ids, slow, Some(cache), opts).unwrap());
+        let warm = dev.read_chunk(&idx(0)).unwrap();
+        // Two slow fetches in flight...
+        let bg: Vec<_> = [7u32, 8]
+            .into_iter()
+            .map(|i| {
+                let dev = dev.clone();
+                std::thread::spawn(move || dev.read_chunk(&idx(i)).unwrap())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // ...while a cached chunk is served at once.
+        let t0 = std::time::Instant::now();
+        assert_eq!(dev.read_chunk(&idx(0)).unwrap(), warm);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        for b in bg {
+            b.join().unwrap();
+        }
+    }
 }
