@@ -60,7 +60,25 @@ fn guest_reads_rafs_images_identical_to_source() {
     let run = run_vm(&VmConfig::new(Some(&daemon.sock), &workload), |_| false);
     run.assert_ok(&[]);
     for (key, want) in &expected {
-        assert_manifests_eq(&format!("image `{key}`"), want, run.manifest(key));
+        let (mut want, mut got) = (want.clone(), run.manifest(key).to_vec());
+        if key != "built" {
+            // Upstream nydus-image stores 0 as the root dir's mtime for directory sources,
+            // while the stored manifests carry the source dir's: blind that one field.
+            blind_root_mtime(&mut want);
+            blind_root_mtime(&mut got);
+        }
+        assert_manifests_eq(&format!("image `{key}`"), &want, &got);
+    }
+}
+
+/// Replaces the mtime field of the root (".") line with "-".
+fn blind_root_mtime(m: &mut [String]) {
+    for l in m.iter_mut() {
+        if l.starts_with(". d ") {
+            let mut f: Vec<&str> = l.split(' ').collect();
+            f[5] = "-";
+            *l = f.join(" ");
+        }
     }
 }
 

@@ -39,6 +39,7 @@ step "4. build a RAFS v6 image with rafs-image"
 mkdir -p "$work/img/blobs"
 "$bin/rafs-image" create --bootstrap "$work/img/image.boot" --blob-dir "$work/img/blobs" \
   --fs-version 6 --compressor zstd --chunk-size 0x10000 "$src"
+[ -s "$work/img/image.boot" ] || { echo "demo: rafs-image wrote no bootstrap" >&2; exit 1; }
 ls -l "$work/img" "$work/img/blobs"
 
 step "5. start rafs-virtiofsd and mount the image and a writable share through its API"

@@ -3,115 +3,18 @@
 //! /dev/fuse). Fault cases: a missing blob and a corrupted blob byte give EIO, never wrong
 //! data, and the fs keeps serving.
 
+mod rafs_support;
+
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyWriter,
+    DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply,
 };
-use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::api::{Vfs, VfsOptions};
-use fuse_backend_rs::common::file_buf::FileVolatileSlice;
-use fuse_backend_rs::common::file_traits::FileReadWriteVolatile;
-use fuse_backend_rs::transport::FuseSession;
-use rafs_virtiofsd::config::{CacheType, RafsConfig};
+use rafs_support::*;
+use rafs_virtiofsd::config::CacheType;
 use rafs_virtiofsd::fs::rafs::RafsFs;
-use rafs_virtiofsd::rafs::manifest::{manifest, py_backslashreplace, ChunkSource, ManifestOptions};
-use rafs_virtiofsd::rafs::{FileChunk, RafsError, RafsImage};
-use rafs_virtiofsd::storage::ChunkReader;
-use sha2::{Digest, Sha256};
-
-const FIXTURES: [&str; 8] = [
-    "v5-zstd-64k",
-    "v6-chunkdict-64k",
-    "v6-layers-merged",
-    "v6-lz4-sha256-64k",
-    "v6-none-64k",
-    "v6-prefetch-64k",
-    "v6-zstd-64k-base",
-    "v6-zstd-blake3-1m",
-];
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn image_dir(name: &str) -> PathBuf {
-    fixtures().join("images").join(name)
-}
-
-/// (expected manifest, treemanifest flags) of a fixture.
-fn want_manifest(name: &str) -> (String, String) {
-    let dir = image_dir(name);
-    let tree = std::fs::read_to_string(dir.join("TREE")).unwrap();
-    let flags = std::fs::read_to_string(dir.join("MANIFEST_FLAGS")).unwrap_or_default();
-    let m = std::fs::read_to_string(
-        fixtures()
-            .join("manifests")
-            .join(format!("{}.manifest", tree.trim())),
-    )
-    .unwrap();
-    (m, flags)
-}
-
-/// nydus-image writes 0 as the root mtime for directory sources; blind that one field.
-fn blind_root_mtime(m: &str) -> String {
-    m.lines()
-        .map(|l| {
-            if l.starts_with(". d ") {
-                let mut f: Vec<&str> = l.split(' ').collect();
-                f[5] = "ROOT-MTIME";
-                format!("{}\n", f.join(" "))
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect()
-}
-
-fn assert_same_manifest(name: &str, got: &str, want: &str) {
-    let (g, w) = (blind_root_mtime(got), blind_root_mtime(want));
-    if g != w {
-        for (a, b) in g.lines().zip(w.lines()) {
-            if a != b {
-                eprintln!("got:  {a}\nwant: {b}");
-            }
-        }
-        panic!(
-            "{name}: manifest differs ({} vs {} lines)",
-            g.lines().count(),
-            w.lines().count()
-        );
-    }
-}
-
-fn config(blobs: &Path, validate: bool) -> RafsConfig {
-    let mut c = RafsConfig::localfs(blobs);
-    c.digest_validate = validate;
-    c.enable_xattr = true;
-    c
-}
-
-fn open(name: &str, validate: bool) -> RafsFs {
-    let d = image_dir(name);
-    RafsFs::open(&d.join("image.boot"), &config(&d.join("blobs"), validate)).unwrap()
-}
-
-/// Reads chunks through the RAFS fs's storage device.
-struct DeviceSource<'a>(&'a RafsFs);
-
-impl ChunkSource for DeviceSource<'_> {
-    fn chunk_data(&mut self, _img: &RafsImage, c: &FileChunk) -> Result<Vec<u8>, RafsError> {
-        self.0
-            .device()
-            .read_chunk(&c.chunk)
-            .map(|d| d.to_vec())
-            .map_err(|e| RafsError::corrupt(e.to_string()))
-    }
-}
+use rafs_virtiofsd::rafs::manifest::{manifest, py_backslashreplace, ManifestOptions};
+use rafs_virtiofsd::rafs::RafsImage;
 
 #[test]
 fn every_fixture_reads_exactly_through_the_device_with_validation() {
@@ -130,98 +33,6 @@ fn every_fixture_reads_exactly_through_the_device_with_validation() {
 }
 
 /// A ZeroCopyWriter collecting into a Vec, as the FUSE server's writer would.
-#[derive(Default)]
-struct VecWriter(Vec<u8>);
-
-impl io::Write for VecWriter {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ZeroCopyWriter for VecWriter {
-    fn write_from(
-        &mut self,
-        f: &mut dyn FileReadWriteVolatile,
-        count: usize,
-        off: u64,
-    ) -> io::Result<usize> {
-        let start = self.0.len();
-        self.0.resize(start + count, 0);
-        // SAFETY: the slice covers `count` bytes of our own, just-resized Vec.
-        let s = unsafe { FileVolatileSlice::from_mut_slice(&mut self.0[start..]) };
-        let n = f.read_at_volatile(s, off)?;
-        self.0.truncate(start + n);
-        Ok(n)
-    }
-    fn available_bytes(&self) -> usize {
-        usize::MAX
-    }
-}
-
-fn ctx() -> Context {
-    Context::default()
-}
-
-fn cstr(s: &[u8]) -> CString {
-    CString::new(s).unwrap()
-}
-
-/// Parsed manifest line: type, mode, owner, size, sha256 prefix, symlink target (hex).
-#[derive(Debug, Clone, PartialEq)]
-struct Line {
-    kind: String,
-    mode: String,
-    owner: String,
-    size: String,
-    target: String,
-    sha: String,
-    xattrs: String,
-}
-
-fn parse_manifest(m: &str) -> BTreeMap<String, Line> {
-    m.lines()
-        .map(|l| {
-            // path may not contain spaces in these trees except escaped; split from the right.
-            let f: Vec<&str> = l.rsplitn(12, ' ').collect();
-            let f: Vec<&str> = f.into_iter().rev().collect();
-            (
-                f[0].to_string(),
-                Line {
-                    kind: f[1].into(),
-                    mode: f[2].into(),
-                    owner: f[3].into(),
-                    size: f[4].into(),
-                    target: f[8].into(),
-                    sha: f[9].into(),
-                    xattrs: f[10].into(),
-                },
-            )
-        })
-        .collect()
-}
-
-fn sha_prefix(d: &[u8]) -> String {
-    hex::encode(Sha256::digest(d))[..24].to_string()
-}
-
-fn read_all(fs: &RafsFs, ino: u64, size: u64, step: u32) -> io::Result<Vec<u8>> {
-    let mut w = VecWriter::default();
-    let mut off = 0;
-    while off < size {
-        let n = fs.read(&ctx(), ino, 0, &mut w, step, off, None, 0)?;
-        assert!(n > 0, "short read at {off} of {size}");
-        off += n as u64;
-    }
-    // Reads past EOF return nothing.
-    assert_eq!(fs.read(&ctx(), ino, 0, &mut w, step, size, None, 0)?, 0);
-    Ok(w.0)
-}
-
 fn walk_direct(fs: &RafsFs, ino: u64, path: &str, out: &mut BTreeMap<String, Line>) {
     let mut entries: Vec<(Vec<u8>, Entry)> = Vec::new();
     fs.opendir(&ctx(), ino, 0).unwrap();
@@ -501,49 +312,6 @@ fn errnos_and_read_only() {
     );
 }
 
-fn copy_fixture(name: &str, to: &Path) -> PathBuf {
-    let src = image_dir(name);
-    std::fs::create_dir_all(to.join("blobs")).unwrap();
-    std::fs::copy(src.join("image.boot"), to.join("image.boot")).unwrap();
-    for e in std::fs::read_dir(src.join("blobs")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join("blobs").join(e.file_name())).unwrap();
-    }
-    to.to_path_buf()
-}
-
-/// Read every regular file; return (paths that failed with EIO, paths read fine). Any file
-/// that reads must have the right content.
-fn read_tree(fs: &RafsFs, name: &str) -> (Vec<String>, Vec<String>) {
-    let (want, _) = want_manifest(name);
-    let want = parse_manifest(&want);
-    let (mut bad, mut good) = (Vec::new(), Vec::new());
-    for (p, l) in &want {
-        // Non-UTF-8 names are escaped in manifests; they are covered by the walk tests.
-        if l.kind != "f" || l.size == "0" || p.contains('\\') {
-            continue;
-        }
-        let mut ino = fs.image().root_ino();
-        for comp in p.split('/') {
-            ino = fs
-                .lookup(&ctx(), ino, &cstr(comp.as_bytes()))
-                .unwrap()
-                .inode;
-        }
-        match read_all(fs, ino, l.size.parse().unwrap(), 128 * 1024) {
-            Ok(d) => {
-                assert_eq!(sha_prefix(&d), l.sha, "{p}: wrong data served");
-                good.push(p.clone());
-            }
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{p}");
-                bad.push(p.clone());
-            }
-        }
-    }
-    (bad, good)
-}
-
 #[test]
 fn missing_blob_is_eio_and_the_fs_keeps_serving() {
     let t = tempfile::tempdir().unwrap();
@@ -631,64 +399,6 @@ fn swapped_chunks_are_caught() {
 }
 
 /// A FUSE mount of one RafsFs on the host, served by threads in this process.
-struct Mounted {
-    mnt: PathBuf,
-    session: FuseSession,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Mounted {
-    fn new(fs: RafsFs) -> Option<Mounted> {
-        if !Path::new("/dev/fuse").exists() {
-            eprintln!("SKIP: /dev/fuse not available");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let mut session = FuseSession::new(&mnt, "rafs-test", "", true).unwrap();
-        session.set_allow_other(true);
-        session.mount().unwrap();
-        let vfs = Vfs::new(VfsOptions::default());
-        vfs.mount(Box::new(fs), "/").unwrap();
-        let server = Arc::new(Server::new(Arc::new(vfs)));
-        let mut threads = Vec::new();
-        for _ in 0..4 {
-            let mut ch = session.new_channel().unwrap();
-            let server = server.clone();
-            threads.push(std::thread::spawn(move || {
-                while let Ok(Some((r, w))) = ch.get_request() {
-                    let _ = server.handle_message(r, w.into(), None, None);
-                }
-            }));
-        }
-        Some(Mounted {
-            mnt,
-            session,
-            threads,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = self.session.umount();
-        let _ = self.session.wake();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn treemanifest() -> Option<PathBuf> {
-    let p = std::env::var_os("TREEMANIFEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/tools/treemanifest.py"));
-    p.is_file().then_some(p)
-}
-
 #[test]
 fn fuse_mount_serves_the_tree() {
     for name in ["v6-zstd-64k-base", "v5-zstd-64k", "v6-layers-merged"] {

@@ -73,6 +73,14 @@ pub struct RafsFs {
     cache: Option<Arc<ChunkCache>>,
     enable_xattr: bool,
     counters: Counters,
+    /// Tells background prefetch to stop (set on drop / destroy).
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for RafsFs {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 fn eio() -> io::Error {
@@ -197,6 +205,7 @@ impl RafsFs {
             cache,
             enable_xattr: config.enable_xattr,
             counters: Counters::default(),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         if config.fs_prefetch.enable {
             fs.start_prefetch(config);
@@ -359,9 +368,10 @@ impl RafsFs {
         let device = self.device.clone();
         let p = config.fs_prefetch.clone();
         let threads = p.threads_count.clamp(1, 64) as usize;
+        let stop = self.stop.clone();
         let r = std::thread::Builder::new()
             .name("rafs-prefetch".into())
-            .spawn(move || crate::fs::rafs::prefetch::run(image, device, p, threads));
+            .spawn(move || crate::fs::rafs::prefetch::run(image, device, p, threads, stop));
         if let Err(e) = r {
             log::warn!("cannot start prefetch: {e}");
         }
@@ -373,7 +383,7 @@ pub(crate) mod prefetch {
     //! `prefetch_all`, means every file), fetched chunk by chunk at low priority through the
     //! same device, so on-demand reads of a chunk in flight share its fetch.
     use std::collections::HashSet;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -419,7 +429,13 @@ pub(crate) mod prefetch {
         }
     }
 
-    pub fn run(image: Arc<RafsImage>, device: Arc<BlobDevice>, p: PrefetchConfig, threads: usize) {
+    pub fn run(
+        image: Arc<RafsImage>,
+        device: Arc<BlobDevice>,
+        p: PrefetchConfig,
+        threads: usize,
+        stop: Arc<AtomicBool>,
+    ) {
         lower_priority();
         let root = image.root_ino();
         let table = image.prefetch_inodes().unwrap_or_default();
@@ -439,18 +455,19 @@ pub(crate) mod prefetch {
         let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let workers: Vec<_> = (0..threads)
             .filter_map(|i| {
-                let (next, chunks, device, fetched) = (
+                let (next, chunks, device, fetched, stop) = (
                     next.clone(),
                     chunks.clone(),
                     device.clone(),
                     fetched.clone(),
+                    stop.clone(),
                 );
                 let rate = p.bandwidth_rate;
                 std::thread::Builder::new()
                     .name(format!("rafs-prefetch-{i}"))
                     .spawn(move || {
                         lower_priority();
-                        loop {
+                        while !stop.load(Ordering::Relaxed) {
                             let k = next.fetch_add(1, Ordering::Relaxed);
                             let Some(c) = chunks.get(k) else { break };
                             match device.read_chunk(c) {
@@ -462,9 +479,13 @@ pub(crate) mod prefetch {
                                         // Stay under bandwidth_rate bytes per second overall.
                                         let due =
                                             Duration::from_secs_f64(total as f64 / rate as f64);
-                                        let el = started.elapsed();
-                                        if due > el {
-                                            std::thread::sleep(due - el);
+                                        while started.elapsed() < due
+                                            && !stop.load(Ordering::Relaxed)
+                                        {
+                                            let left = due.saturating_sub(started.elapsed());
+                                            std::thread::sleep(
+                                                left.min(Duration::from_millis(100)),
+                                            );
                                         }
                                     }
                                 }
@@ -490,6 +511,10 @@ pub(crate) mod prefetch {
 impl FileSystem for RafsFs {
     type Inode = u64;
     type Handle = u64;
+
+    fn destroy(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         self.counters.lookups.fetch_add(1, Ordering::Relaxed);

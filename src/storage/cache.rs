@@ -103,7 +103,6 @@ pub struct ChunkCache {
     used: AtomicU64,
     verified: Mutex<HashSet<PathBuf>>,
     evicting: Mutex<()>,
-    tmp_seq: AtomicU64,
     metrics: CacheMetrics,
 }
 
@@ -138,7 +137,6 @@ impl ChunkCache {
             used: AtomicU64::new(0),
             verified: Mutex::new(HashSet::new()),
             evicting: Mutex::new(()),
-            tmp_seq: AtomicU64::new(0),
             metrics: CacheMetrics::default(),
         };
         if c.limit > 0 {
@@ -219,6 +217,8 @@ impl ChunkCache {
         match File::open(&p) {
             Ok(f) => {
                 self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                // LRU clock for eviction.
+                let _ = f.set_modified(SystemTime::now());
                 Some(f)
             }
             Err(_) => {
@@ -289,10 +289,13 @@ impl ChunkCache {
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent)?;
         }
+        // Unique per process (pid) and per write in it (a process-wide counter: several
+        // caches over one directory may live in one process).
+        static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
         let tmp = self.root.join("tmp").join(format!(
             "{}-{}",
             std::process::id(),
-            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let res = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;

@@ -524,12 +524,8 @@ impl BlobDevice {
             if n.uncompressed_size > MAX_CHUNK_SIZE {
                 break;
             }
-            if self
-                .mem
-                .lock()
-                .map
-                .contains_key(&(n.blob_index, n.compressed_offset))
-            {
+            let nk = (n.blob_index, n.compressed_offset);
+            if self.mem.lock().map.contains_key(&nk) || self.flights.is_running(&nk) {
                 break;
             }
             if let Some((d, crc)) = self.table().get(&(n.blob_index, n.index)) {
@@ -598,17 +594,21 @@ impl BlobDevice {
         Ok(data)
     }
 
+    /// Keep a verified chunk: in the shared cache when there is one (later reads are then
+    /// served from its file by pread, straight into the reply), else, or if that fails
+    /// (e.g. disk full), in the in-memory LRU.
     fn store(&self, c: &ChunkInfo, data: &Arc<Vec<u8>>) {
-        self.mem
-            .lock()
-            .insert((c.blob_index, c.compressed_offset), data.clone());
         if let Some(cache) = &self.cache {
             if let Ok(k) = self.cache_key(c) {
-                if let Err(e) = cache.insert(&k, data) {
-                    log::debug!("chunk cache insert failed: {e}");
+                match cache.insert(&k, data) {
+                    Ok(()) => return,
+                    Err(e) => log::debug!("chunk cache insert failed: {e}"),
                 }
             }
         }
+        self.mem
+            .lock()
+            .insert((c.blob_index, c.compressed_offset), data.clone());
     }
 
     /// Verified bytes of chunk `c` from the shared cache, if there.

@@ -89,6 +89,11 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
         }
     }
 
+    /// Whether a call for `key` is running now.
+    pub fn is_running(&self, key: &K) -> bool {
+        self.calls.lock().contains_key(key)
+    }
+
     /// Number of calls running now.
     pub fn in_flight(&self) -> usize {
         self.calls.lock().len()

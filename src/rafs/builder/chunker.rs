@@ -51,6 +51,17 @@ pub struct BlobFile {
     w: BufWriter<File>,
     hasher: sha2::Sha256,
     pos: u64,
+    /// Set once the file has been handed over by `finish`.
+    kept: bool,
+}
+
+impl Drop for BlobFile {
+    fn drop(&mut self) {
+        // A build that failed half way leaves no temporary file behind.
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl BlobFile {
@@ -66,6 +77,7 @@ impl BlobFile {
             w: BufWriter::with_capacity(1 << 20, f),
             hasher: sha2::Sha256::new(),
             pos: 0,
+            kept: false,
         })
     }
     /// Append bytes.
@@ -92,12 +104,13 @@ impl BlobFile {
     /// Flush, returning (temporary path, hex sha256, size).
     pub fn finish(mut self) -> Result<(PathBuf, String, u64), BuildError> {
         self.w.flush().map_err(|e| BuildError::io(&self.path, e))?;
-        let digest = hex::encode(self.hasher.finalize());
-        Ok((self.path, digest, self.pos))
+        let digest = hex::encode(self.hasher.clone().finalize());
+        self.kept = true;
+        Ok((self.path.clone(), digest, self.pos))
     }
     /// Discard the file.
     pub fn discard(self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Drop removes it.
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::tree::{Node, NodeId, Tree};
-use super::{blob, super_flags, BuildError};
+use super::{blob, super_flags, BuildError, WhiteoutSpec};
 use crate::rafs::layout::{self, BlobTableEntry};
 use crate::rafs::manifest::walk;
 use crate::rafs::{blob_features, ChunkInfo, ChunkRef, RafsImage, RafsVersion};
@@ -247,7 +247,7 @@ pub fn merge(o: &MergeOptions) -> Result<MergeOutput, BuildError> {
                 c.blob_index = remap[&c.blob_index];
             }
         }
-        apply_layer(&mut merged, &lt);
+        apply_layer(&mut merged, &lt, super::WhiteoutSpec::Oci);
     }
     merged.fix_hardlinks();
 
@@ -327,8 +327,26 @@ pub fn merge(o: &MergeOptions) -> Result<MergeOutput, BuildError> {
 const WH_PREFIX: &[u8] = b".wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 
-/// Apply one layer tree on top of `merged` with OCI whiteout semantics.
-pub fn apply_layer(merged: &mut Tree, layer: &Tree) {
+fn is_whiteout(n: &Node, spec: WhiteoutSpec) -> Option<&[u8]> {
+    match spec {
+        WhiteoutSpec::Oci => n
+            .name
+            .strip_prefix(WH_PREFIX)
+            .filter(|t| !t.is_empty() && *t != b".wh..opq"),
+        WhiteoutSpec::Overlayfs => {
+            (n.mode & libc::S_IFMT == libc::S_IFCHR && n.rdev == 0).then_some(n.name.as_slice())
+        }
+        WhiteoutSpec::None => None,
+    }
+}
+
+fn is_opaque_marker(n: &Node, spec: WhiteoutSpec) -> bool {
+    spec == WhiteoutSpec::Oci && n.name.as_slice() == WH_OPAQUE
+}
+
+/// Apply one layer tree on top of `merged`, interpreting whiteouts per `spec` (OCI
+/// `.wh.NAME` / `.wh..wh..opq`, or overlayfs char 0:0 / `trusted.overlay.opaque=y`).
+pub fn apply_layer(merged: &mut Tree, layer: &Tree, spec: WhiteoutSpec) {
     // Root attributes come from the upper layer.
     copy_attrs(&mut merged.nodes[0], &layer.nodes[0]);
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
@@ -339,21 +357,37 @@ pub fn apply_layer(merged: &mut Tree, layer: &Tree) {
         let md = map[&ld];
         let children = layer.nodes[ld].children.clone();
         // Whiteouts first: they hide lower-layer entries only.
+        let opaque_dir = ld != 0
+            && spec == WhiteoutSpec::Overlayfs
+            && layer.nodes[ld]
+                .xattrs
+                .get(b"trusted.overlay.opaque".as_slice())
+                .map(|v| v.as_slice())
+                == Some(b"y");
+        if opaque_dir
+            || children
+                .iter()
+                .any(|&c| is_opaque_marker(&layer.nodes[c], spec))
+        {
+            for mc in merged.nodes[md].children.clone() {
+                merged.detach(mc);
+            }
+        }
         for &c in &children {
-            let name = &layer.nodes[c].name;
-            if name.as_slice() == WH_OPAQUE {
-                for mc in merged.nodes[md].children.clone() {
-                    merged.detach(mc);
-                }
-            } else if let Some(target) = name.strip_prefix(WH_PREFIX) {
+            if let Some(target) = is_whiteout(&layer.nodes[c], spec) {
                 if let Some(mc) = merged.child(md, target) {
                     merged.detach(mc);
                 }
             }
         }
+        if opaque_dir {
+            merged.nodes[md]
+                .xattrs
+                .remove(b"trusted.overlay.opaque".as_slice());
+        }
         for &c in &children {
             let ln = &layer.nodes[c];
-            if ln.name.starts_with(WH_PREFIX) {
+            if is_opaque_marker(ln, spec) || is_whiteout(ln, spec).is_some() {
                 continue;
             }
             let existing = merged.child(md, &ln.name);

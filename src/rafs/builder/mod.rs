@@ -219,6 +219,27 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     };
     let mut chunker = Chunker::new(cfg, &tmp_dir)?;
 
+    // Parent bootstrap: its tree is the base, its blobs keep their indexes, and its chunks
+    // are reused instead of written again.
+    let parent = match &opts.parent_bootstrap {
+        Some(p) => {
+            let l = merge::load_image(p)?;
+            if l.version != opts.version || l.chunk_size != opts.chunk_size {
+                return Err(BuildError::Invalid(format!(
+                    "parent bootstrap {}: RAFS version or chunk size differs from the build",
+                    p.display()
+                )));
+            }
+            if l.flags & layout::digester_flag(opts.digester) != 0 {
+                for n in l.tree.preorder() {
+                    chunker.add_known(l.tree.nodes[n].chunks.iter().copied());
+                }
+            }
+            Some(l)
+        }
+        None => None,
+    };
+
     // Chunk dictionary.
     let dict = match &opts.chunk_dict {
         Some(p) => {
@@ -233,7 +254,9 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     let mut tree = match opts.source_type {
         SourceType::Dir => {
             let mut t = Tree::from_dir(&opts.source)?;
-            apply_whiteout_spec_single(&mut t, opts.whiteout_spec);
+            if parent.is_none() {
+                apply_whiteout_spec_single(&mut t, opts.whiteout_spec);
+            }
             t.fix_hardlinks();
             let order = data_order(&t, &opts.prefetch_patterns);
             for n in order {
@@ -262,7 +285,9 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
             } else {
                 tarball::read_tar(&mut { r }, &mut chunker)?
             };
-            apply_whiteout_spec_single(&mut t, opts.whiteout_spec);
+            if parent.is_none() {
+                apply_whiteout_spec_single(&mut t, opts.whiteout_spec);
+            }
             t
         }
     };
@@ -273,15 +298,24 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     // Make the first live name of each hard-link group its primary (taking over the chunks).
     tree.fix_hardlinks();
 
-    // Final blob table: dictionary blobs used (first-use order), then the new blob.
-    let mut table: Vec<BlobTableEntry> = Vec::new();
+    // Final blob table: parent blobs, dictionary blobs used (first-use order), then the
+    // new blob.
+    let mut table: Vec<BlobTableEntry> =
+        parent.as_ref().map(|p| p.blobs.clone()).unwrap_or_default();
     let mut dict_map = std::collections::HashMap::new();
     if let Some(d) = &dict {
         for &di in &out.dict_blobs_used {
             let mut e = d.blobs[di as usize];
-            e.blob_index = table.len() as u32;
-            dict_map.insert(di, e.blob_index);
-            table.push(e);
+            match table.iter().position(|t| t.blob_id == e.blob_id) {
+                Some(i) => {
+                    dict_map.insert(di, i as u32);
+                }
+                None => {
+                    e.blob_index = table.len() as u32;
+                    dict_map.insert(di, e.blob_index);
+                    table.push(e);
+                }
+            }
         }
     }
     let new_index = table.len() as u32;
@@ -297,6 +331,12 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     }
     let mut new_chunks = out.chunks.clone();
     new_chunks.iter_mut().for_each(remap);
+    if let Some(p) = parent {
+        let mut base = p.tree;
+        merge::apply_layer(&mut base, &tree, opts.whiteout_spec);
+        base.fix_hardlinks();
+        tree = base;
+    }
 
     let prefetch = prefetch_nodes(&tree, &opts.prefetch_patterns)?;
     let has_xattr = tree

@@ -1,0 +1,303 @@
+//! Interop with upstream nydus-image: images we build must pass upstream `nydus-image check`
+//! (which loads the bootstrap with validation, walks the chunk table and the blobs' ci
+//! arrays), upstream `unpack` must read our data back, upstream `create` must accept our
+//! bootstrap as `--chunk-dict` / `--parent-bootstrap`, and upstream `merge` must accept our
+//! per-layer bootstraps.
+//!
+//! Needs an upstream binary: set NYDUS_IMAGE=/path/to/nydus-image. Without it every test
+//! prints "SKIP" and passes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rafs_virtiofsd::rafs::manifest::{manifest, LocalBlobs, ManifestOptions};
+use rafs_virtiofsd::rafs::{toc, RafsImage};
+use sha2::Digest;
+
+fn nydus_image() -> Option<PathBuf> {
+    match std::env::var_os("NYDUS_IMAGE") {
+        Some(p) if Path::new(&p).exists() => Some(PathBuf::from(p)),
+        _ => {
+            eprintln!("SKIP: set NYDUS_IMAGE to an upstream nydus-image binary to run this test");
+            None
+        }
+    }
+}
+
+fn tools() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/builder_tools")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rafs_image() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rafs-image"))
+}
+
+fn small_tree(out: &Path) {
+    run(Command::new("python3")
+        .arg(tools().join("mktree.py"))
+        .arg(out)
+        .arg("2")
+        .args(["--big", "1", "--files", "150", "--chunk", "65536"]));
+}
+
+fn source_manifest(dir: &Path, flags: &[&str]) -> String {
+    run(Command::new("python3")
+        .arg(tools().join("treemanifest.py"))
+        .arg(dir)
+        .args(flags))
+}
+
+fn assert_same(got: &str, want: &str, what: &str) {
+    if got != want {
+        for (a, b) in got.lines().zip(want.lines()) {
+            if a != b {
+                eprintln!("got:  {a}\nwant: {b}");
+            }
+        }
+        panic!(
+            "{what}: manifests differ ({} vs {} lines)",
+            got.lines().count(),
+            want.lines().count()
+        );
+    }
+}
+
+fn build(src: &Path, dir: &Path, args: &[&str]) -> (PathBuf, PathBuf) {
+    let boot = dir.join("image.boot");
+    let blobs = dir.join("blobs");
+    run(rafs_image()
+        .arg("create")
+        .args(args)
+        .arg("--bootstrap")
+        .arg(&boot)
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg(src));
+    (boot, blobs)
+}
+
+fn upstream_check(ni: &Path, boot: &Path, blobs: &Path) {
+    let out = run(Command::new(ni)
+        .arg("check")
+        .arg(boot)
+        .arg("--blob-dir")
+        .arg(blobs)
+        .arg("-v"));
+    assert!(out.contains("RAFS filesystem metadata is valid"), "{out}");
+}
+
+#[test]
+fn upstream_check_and_unpack_accept_our_images() {
+    let Some(ni) = nydus_image() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    small_tree(&src);
+    for (i, args) in [
+        &["--chunk-size", "0x10000"][..],
+        &[
+            "--compressor",
+            "lz4_block",
+            "--digester",
+            "sha256",
+            "--chunk-size",
+            "0x10000",
+        ],
+        &["--compressor", "none"],
+        &["--compressor", "gzip", "--chunk-size", "0x4000"],
+        &["--fs-version", "5", "--chunk-size", "0x10000"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = t.path().join(format!("o{i}"));
+        let (boot, blobs) = build(&src, &d, args);
+        upstream_check(&ni, &boot, &blobs);
+        // Upstream reads our data (through the blob's ci array for v6).
+        let tar = d.join("up.tar");
+        run(Command::new(&ni)
+            .arg("unpack")
+            .arg(&boot)
+            .arg("--blob-dir")
+            .arg(&blobs)
+            .arg("--output")
+            .arg(&tar));
+        let ext = d.join("ext");
+        std::fs::create_dir(&ext).unwrap();
+        run(Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&ext));
+        // Content, names, types, modes, owners, link targets.
+        let flags = ["--no-xattr", "--no-mtime"];
+        let strip = |m: String| -> String {
+            m.lines()
+                .map(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    format!(
+                        "{} {} {} {} {} {} {}\n",
+                        f[0], f[1], f[2], f[3], f[4], f[8], f[9]
+                    )
+                })
+                .collect()
+        };
+        assert_same(
+            &strip(source_manifest(&ext, &flags)),
+            &strip(source_manifest(&src, &flags)),
+            &format!("upstream unpack of our {args:?} image"),
+        );
+    }
+}
+
+#[test]
+fn upstream_create_uses_our_bootstrap_as_dict_and_parent() {
+    let Some(ni) = nydus_image() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    small_tree(&src);
+    let (boot, blobs) = build(&src, &t.path().join("ours"), &["--chunk-size", "0x10000"]);
+    // Same tree with a chunk dict = ours: upstream writes no new chunk.
+    let up = t.path().join("up");
+    run(Command::new(&ni)
+        .args(["create", "--chunk-size", "0x10000", "--chunk-dict"])
+        .arg(format!("bootstrap={}", boot.display()))
+        .arg("--bootstrap")
+        .arg(up.join("image.boot"))
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg(&src));
+    let img = RafsImage::open(&up.join("image.boot")).unwrap();
+    let ours = RafsImage::open(&boot).unwrap();
+    assert_eq!(
+        img.blobs()[0].blob_id,
+        ours.blobs()[0].blob_id,
+        "dict blob reused"
+    );
+    let m = manifest(
+        &img,
+        ManifestOptions::default(),
+        &mut LocalBlobs::new(&blobs),
+    )
+    .unwrap();
+    let want = source_manifest(&src, &[]);
+    let blind_root = |s: &str| -> String {
+        s.lines()
+            .filter(|l| !l.starts_with(". d "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    assert_same(
+        &blind_root(&m),
+        &blind_root(&want),
+        "upstream build with our chunk dict",
+    );
+    // Parent bootstrap.
+    let layer = t.path().join("layer");
+    std::fs::create_dir(&layer).unwrap();
+    std::fs::write(layer.join("new.txt"), b"new file in the upper layer\n").unwrap();
+    run(Command::new(&ni)
+        .args(["create", "--chunk-size", "0x10000", "--parent-bootstrap"])
+        .arg(&boot)
+        .arg("--bootstrap")
+        .arg(t.path().join("child.boot"))
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg(&layer));
+    upstream_check(&ni, &t.path().join("child.boot"), &blobs);
+}
+
+#[test]
+fn upstream_merge_of_our_layers() {
+    let Some(ni) = nydus_image() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let l1 = t.path().join("l1");
+    small_tree(&l1);
+    let l2 = t.path().join("l2");
+    std::fs::create_dir_all(l2.join("d00")).unwrap();
+    std::fs::write(l2.join(".wh.big.bin"), b"").unwrap();
+    std::fs::write(l2.join("d00/.wh..wh..opq"), b"").unwrap();
+    std::fs::write(l2.join("d00/fresh"), b"fresh\n").unwrap();
+    let blobs = t.path().join("blobs");
+    std::fs::create_dir(&blobs).unwrap();
+    let (mut boots, mut digests, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, l) in [&l1, &l2].iter().enumerate() {
+        let tar = t.path().join(format!("l{i}.tar"));
+        run(Command::new("python3")
+            .arg(tools().join("mktar.py"))
+            .arg(l)
+            .arg(&tar));
+        let blob = t.path().join(format!("l{i}.blob"));
+        run(rafs_image()
+            .args([
+                "create",
+                "-t",
+                "tar-rafs",
+                "--blob-inline-meta",
+                "--features",
+                "blob-toc",
+                "--whiteout-spec",
+                "none",
+                "--chunk-size",
+                "0x10000",
+                "--blob",
+            ])
+            .arg(&blob)
+            .arg(&tar));
+        let data = std::fs::read(&blob).unwrap();
+        let d = hex::encode(sha2::Sha256::digest(&data));
+        std::fs::write(blobs.join(&d), &data).unwrap();
+        let bp = t.path().join(format!("l{i}.boot"));
+        std::fs::write(&bp, toc::extract_bootstrap(&data).unwrap()).unwrap();
+        // Upstream checks the per-layer blob itself (bootstrap from the ToC).
+        boots.push(bp);
+        sizes.push(data.len().to_string());
+        digests.push(d);
+    }
+    let merged = t.path().join("merged.boot");
+    run(Command::new(&ni)
+        .arg("merge")
+        .arg("--bootstrap")
+        .arg(&merged)
+        .arg("--blob-digests")
+        .arg(digests.join(","))
+        .arg("--blob-sizes")
+        .arg(sizes.join(","))
+        .args(&boots));
+    upstream_check(&ni, &merged, &blobs);
+    // And our merge of the same layers passes upstream check too.
+    let ours = t.path().join("ours.boot");
+    run(rafs_image()
+        .arg("merge")
+        .arg("--bootstrap")
+        .arg(&ours)
+        .arg("--blob-digests")
+        .arg(digests.join(","))
+        .arg("--blob-sizes")
+        .arg(sizes.join(","))
+        .args(&boots));
+    upstream_check(&ni, &ours, &blobs);
+    let a = manifest(
+        &RafsImage::open(&merged).unwrap(),
+        ManifestOptions::default(),
+        &mut LocalBlobs::new(&blobs),
+    )
+    .unwrap();
+    let b = manifest(
+        &RafsImage::open(&ours).unwrap(),
+        ManifestOptions::default(),
+        &mut LocalBlobs::new(&blobs),
+    )
+    .unwrap();
+    assert_same(&b, &a, "our merge vs upstream merge");
+}

@@ -1,0 +1,235 @@
+//! A RAFS filesystem whose blobs come from a registry: lazily (bytes measured from a real
+//! Debian docker-registry's access log), through the shared cache, and with faults (registry
+//! down, wrong bytes). Configs are the v1 JSON nydus-snapshotter emits.
+
+mod rafs_support;
+#[path = "common/registry.rs"]
+mod registry;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rafs_support::*;
+use sha2::Digest;
+
+fn sha_full(d: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(d))
+}
+use rafs_virtiofsd::config::RafsConfig;
+use rafs_virtiofsd::fs::rafs::RafsFs;
+use rafs_virtiofsd::rafs::RafsImage;
+use registry::{range_reply, FakeServer, Registry, Reply};
+
+fn v1_config(host: &str, repo: &str, work: Option<&Path>, validate: bool) -> RafsConfig {
+    let cache = match work {
+        Some(w) => format!(
+            r#""cache": {{"type": "blobcache", "compressed": false, "config": {{"work_dir": "{}", "disable_indexed_map": false}}}}"#,
+            w.display()
+        ),
+        None => r#""cache": {"type": ""}"#.to_string(),
+    };
+    let s = format!(
+        r#"{{
+      "device": {{
+        "backend": {{"type": "registry", "config": {{
+          "readahead": false, "host": "{host}", "repo": "{repo}", "scheme": "http",
+          "skip_verify": false, "timeout": 2, "connect_timeout": 1, "retry_limit": 1,
+          "proxy": {{"url": "", "fallback": false, "ping_url": "", "check_interval": 0, "use_http": false}}
+        }}}},
+        {cache}
+      }},
+      "mode": "direct", "digest_validate": {validate}, "iostats_files": false, "enable_xattr": true,
+      "fs_prefetch": {{"enable": false, "prefetch_all": false, "threads_count": 4, "merging_size": 1048576, "bandwidth_rate": 0}}
+    }}"#
+    );
+    let c = RafsConfig::from_str(&s).unwrap();
+    assert!(c.unknown_fields.is_empty(), "{:?}", c.unknown_fields);
+    c
+}
+
+fn push_fixture(reg: &Registry, name: &str, repo: &str) -> RafsImage {
+    let d = image_dir(name);
+    let img = RafsImage::open(&d.join("image.boot")).unwrap();
+    for b in img.blobs() {
+        let data = std::fs::read(d.join("blobs").join(&b.blob_id)).unwrap();
+        assert_eq!(reg.push_blob(repo, &data), b.blob_id);
+    }
+    img
+}
+
+#[test]
+fn lazy_reads_from_a_real_registry() {
+    let reg = Registry::start(None);
+    let name = "v6-zstd-blake3-1m";
+    let img = push_fixture(&reg, name, "test/rafs");
+    let id = img.blobs()[0].blob_id.clone();
+    let blob_len = std::fs::metadata(image_dir(name).join("blobs").join(&id))
+        .unwrap()
+        .len();
+    let work = tempfile::tempdir().unwrap();
+    let d = image_dir(name);
+    let fs = RafsFs::open(
+        &d.join("image.boot"),
+        &v1_config(&reg.host(), "test/rafs", Some(work.path()), true),
+    )
+    .unwrap();
+    // Opening fetches nothing.
+    assert_eq!(reg.served_bytes(&id), 0);
+    // One small file: the ci array plus at most one amplified range.
+    let (want, _) = want_manifest(name);
+    let want = parse_manifest(&want);
+    let (path, line) = want
+        .iter()
+        .find(|(_, l)| l.kind == "f" && l.size.parse::<u64>().unwrap() < 4096 && l.size != "0")
+        .unwrap();
+    let mut ino = fs.image().root_ino();
+    for c in path.split('/') {
+        ino = fuse_backend_rs::api::filesystem::FileSystem::lookup(
+            &fs,
+            &ctx(),
+            ino,
+            &cstr(c.as_bytes()),
+        )
+        .unwrap()
+        .inode;
+    }
+    let data = read_all(&fs, ino, line.size.parse().unwrap(), 128 * 1024).unwrap();
+    assert_eq!(sha_prefix(&data), line.sha);
+    let served = reg.served_bytes(&id);
+    let ci = img.blobs()[0].ci_compressed_size + 4096;
+    assert!(
+        served <= ci + (1 << 20) + (1 << 20),
+        "one small file cost {served} bytes of a {blob_len}-byte blob"
+    );
+    assert!(served < blob_len / 2, "not lazy: {served} of {blob_len}");
+    // The whole tree is right; the registry served about the blob once.
+    let (bad, good) = read_tree(&fs, name);
+    assert!(bad.is_empty(), "{bad:?}");
+    assert!(!good.is_empty());
+    let total = reg.served_bytes(&id);
+    assert!(
+        total <= blob_len + blob_len / 4,
+        "{total} for a blob of {blob_len}"
+    );
+    // A second instance (another daemon) over the same cache: no registry traffic.
+    let fs2 = RafsFs::open(
+        &d.join("image.boot"),
+        &v1_config(&reg.host(), "test/rafs", Some(work.path()), true),
+    )
+    .unwrap();
+    let before = reg.served_bytes(&id);
+    let (bad, _) = read_tree(&fs2, name);
+    assert!(bad.is_empty());
+    // Only the ci array is fetched again (it is not kept in the cache dir).
+    assert!(reg.served_bytes(&id) - before <= ci);
+}
+
+#[test]
+fn registry_down_gives_eio_in_time_and_cached_data_still_serves() {
+    let reg = Registry::start(None);
+    let name = "v6-zstd-64k-base";
+    let img = push_fixture(&reg, name, "test/down");
+    let work = tempfile::tempdir().unwrap();
+    let d = image_dir(name);
+    let cfg = v1_config(&reg.host(), "test/down", Some(work.path()), false);
+    let mut cfg_small = cfg.clone();
+    cfg_small.amplify_io = 0;
+    let fs = RafsFs::open(&d.join("image.boot"), &cfg_small).unwrap();
+    // Warm one file, then stop the registry.
+    let root = fs.image().root_ino();
+    let lookup = |fs: &RafsFs, n: &[u8]| {
+        fuse_backend_rs::api::filesystem::FileSystem::lookup(fs, &ctx(), root, &cstr(n)).unwrap()
+    };
+    let warm = lookup(&fs, b"big.bin");
+    read_all(&fs, warm.inode, warm.attr.st_size as u64, 128 * 1024).unwrap();
+    drop(reg);
+    let (want, _) = want_manifest(name);
+    let want = parse_manifest(&want);
+    let cold_name = want
+        .iter()
+        .find(|(p, l)| {
+            l.kind == "f"
+                && l.size != "0"
+                && !p.contains('/')
+                && *p != "big.bin"
+                && l.size.parse::<u64>().unwrap() > 1000
+        })
+        .map(|(p, _)| p.clone())
+        .unwrap();
+    let cold = lookup(&fs, cold_name.as_bytes());
+    let t0 = Instant::now();
+    let e = read_all(&fs, cold.inode, cold.attr.st_size as u64, 128 * 1024).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    // timeout 2 s, connect 1 s, one retry: well under 15 s.
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    // Cached data is still served while the registry is down.
+    let again = read_all(&fs, warm.inode, warm.attr.st_size as u64, 128 * 1024).unwrap();
+    assert_eq!(sha_prefix(&again), want["big.bin"].sha);
+    let _ = img;
+}
+
+#[test]
+fn wrong_bytes_from_the_registry_are_eio_and_not_cached() {
+    let name = "v6-none-64k";
+    let d = image_dir(name);
+    let img = RafsImage::open(&d.join("image.boot")).unwrap();
+    let b = img.blobs()[0].clone();
+    let good = std::fs::read(d.join("blobs").join(&b.blob_id)).unwrap();
+    let mut bad = good.clone();
+    // Flip bytes in the chunk data area (not in the ci array).
+    for off in (0..b.ci_offset as usize).step_by(10_000) {
+        bad[off] ^= 0xA5;
+    }
+    let srv = FakeServer::start("127.0.0.1", move |req| {
+        if req.path.starts_with("/v2/") && req.path.contains("/blobs/") {
+            range_reply(req, &bad)
+        } else {
+            Reply::new(200, "{}")
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    for validate in [false, true] {
+        let fs = RafsFs::open(
+            &d.join("image.boot"),
+            &v1_config(&srv.addr, "test/bad", Some(work.path()), validate),
+        )
+        .unwrap();
+        let (bad_files, _) = read_tree(&fs, name);
+        assert!(!bad_files.is_empty(), "wrong bytes not detected");
+        let m = fs.metrics();
+        assert!(m["device"]["verify_errors"].as_u64().unwrap() > 0);
+    }
+    // Nothing that failed verification reached the cache: every cached file's content
+    // matches the digest it is named by.
+    let mut files = 0;
+    let mut stack = vec![work.path().join("rafs-chunks").join("data")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let algo = p.parent().unwrap().parent().unwrap().file_name().unwrap();
+            let digest = p
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .split('-')
+                .next()
+                .unwrap()
+                .to_string();
+            let data = std::fs::read(&p).unwrap();
+            let got = match algo.to_str().unwrap() {
+                "blake3" => blake3::hash(&data).to_hex().to_string(),
+                "sha256" => sha_full(&data),
+                other => panic!("unexpected cache dir {other}"),
+            };
+            assert_eq!(got, digest, "{} holds wrong bytes", p.display());
+            files += 1;
+        }
+    }
+    assert!(files > 0, "nothing good was cached either");
+    drop(good);
+}
