@@ -595,17 +595,18 @@ pub fn exercise_blob(data: &[u8]) {
         }
     }
     let digests = toc::chunk_digests(blob, &info);
-    for parsed in [
+    for mut a in [
         ChunkInfoArray::parse(&info, blob),
         ChunkInfoArray::parse_blob_meta(&info, blob),
-    ] {
-        if let Ok(mut a) = parsed {
-            if let Ok(d) = &digests {
-                let _ = a.set_digests(d.clone());
-            }
-            for k in 0..a.len().min(4096) as u32 {
-                let _ = a.get(k);
-            }
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Ok(d) = &digests {
+            let _ = a.set_digests(d.clone());
+        }
+        for k in 0..a.len().min(4096) as u32 {
+            let _ = a.get(k);
         }
     }
 }
