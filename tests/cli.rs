@@ -222,3 +222,26 @@ fn raises_nofile_soft_limit_to_hard_limit() {
     assert_eq!(soft, hard, "soft RLIMIT_NOFILE not raised");
     stop_quickly(d, libc::SIGTERM);
 }
+
+#[test]
+fn shared_dir_and_bootstrap_are_exclusive() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, s) = paths(t.path());
+    let dir = t.path().display().to_string();
+    let out = Command::new(bin())
+        .args([
+            "virtiofs",
+            "--sock",
+            &s,
+            "--shared-dir",
+            &dir,
+            "--bootstrap",
+            "/x",
+            "--config",
+            "/y",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be combined"));
+}

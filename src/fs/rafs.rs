@@ -358,6 +358,40 @@ impl RafsFs {
         })
     }
 
+    /// Backend counters in nydusd's `/api/v1/metrics/backend` shape (plus our extras).
+    pub fn backend_metrics(&self) -> serde_json::Value {
+        let mut v = match (&self.registry, &self.localfs) {
+            (Some(r), _) => r.metrics().to_json("registry"),
+            (_, Some(lf)) => lf.metrics_json(),
+            _ => serde_json::json!({"backend_type": self.backend.kind()}),
+        };
+        if let serde_json::Value::Object(o) = &mut v {
+            o.insert("id".into(), self.bootstrap.display().to_string().into());
+        }
+        v
+    }
+
+    /// Cache counters in nydusd's `/api/v1/metrics/blobcache` shape: `whole_hits` counts
+    /// chunks served locally (memory or the shared cache), `total` all chunk requests,
+    /// `prefetch_data_amount` bytes fetched by prefetch and readahead are not separated
+    /// from demand reads and are reported as 0.
+    pub fn blobcache_metrics(&self) -> serde_json::Value {
+        let d = self.device.metrics();
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "id": self.bootstrap.display().to_string(),
+            "store_path": self.cache.as_ref().map(|c| c.root().display().to_string()),
+            "underlying_files": self.image.blobs().iter().map(|b| b.blob_id.clone()).collect::<Vec<_>>(),
+            "whole_hits": l(&d.mem_hits) + l(&d.cache_hits),
+            "partial_hits": 0,
+            "total": l(&d.chunk_reads),
+            "entries_count": l(&d.chunk_fetches),
+            "prefetch_data_amount": 0,
+            "buffered_backend_size": l(&d.backend_bytes),
+            "cache": self.cache.as_ref().map(|c| c.metrics_json()),
+        })
+    }
+
     fn attr(&self, ino: u64) -> io::Result<InodeAttr> {
         self.image.getattr(ino).map_err(rafs_err)
     }
