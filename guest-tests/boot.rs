@@ -171,17 +171,17 @@ dmesg | grep -i overlay
 #[test]
 fn hung_guest_is_killed_at_the_timeout() {
     let mut cfg = VmConfig::new(None, "echo before-the-hang\nsleep 1000\n");
-    cfg.timeout = std::time::Duration::from_secs(15);
+    cfg.timeout = std::time::Duration::from_secs(45);
     let t0 = std::time::Instant::now();
     let err = std::panic::catch_unwind(|| run_vm(&cfg, |_| false)).expect_err("run_vm must fail");
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(msg.contains("guest did not finish within 15s"), "{msg}");
+    assert!(msg.contains("guest did not finish within 45s"), "{msg}");
     assert!(
         msg.contains("before-the-hang"),
         "last console lines in the message: {msg}"
     );
     assert!(
-        t0.elapsed() < std::time::Duration::from_secs(40),
+        t0.elapsed() < std::time::Duration::from_secs(90),
         "killed promptly"
     );
 }

@@ -23,7 +23,6 @@ fn small_tree(dir: &Path) {
 /// group seen in the guest equals the source tree, for an image built by our `rafs-image` and
 /// for upstream-built fixtures (v6, v5 and a merged two-layer image).
 #[test]
-#[ignore = "needs the RAFS fs and rafs-image create (not on main yet)"]
 fn guest_reads_rafs_images_identical_to_source() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -106,7 +105,6 @@ fn is_whiteout(p: &Path) -> bool {
 /// layout). The guest creates, modifies, deletes (whiteout), renames and sets an xattr; the
 /// host's upper dir then holds exactly those changes.
 #[test]
-#[ignore = "needs the RAFS fs and rafs-image create (not on main yet)"]
 fn guest_overlay_on_rafs_lower_writes_exactly_the_changes_to_upper() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -209,7 +207,6 @@ rv_check overlay-umount umount /ov
 /// mountpoint, as runtime-rs sends it) is readable at once; after DELETE (raw mountpoint, as
 /// the Go runtime sends it) the guest sees an empty directory, not an error.
 #[test]
-#[ignore = "needs the RAFS fs and rafs-image create (not on main yet)"]
 fn api_mount_and_umount_while_guest_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -393,7 +390,6 @@ rv_check overlay-umount umount /ov
 /// (f): reading a RAFS file whose blob is missing gives EIO in the guest; metadata still works
 /// and the daemon stays up and keeps answering its API.
 #[test]
-#[ignore = "needs the RAFS fs and rafs-image create (not on main yet)"]
 fn missing_blob_gives_eio_and_daemon_survives() {
     let fx = fixture("v6-zstd-64k-base");
     let empty = tempfile::tempdir().unwrap();

@@ -292,14 +292,12 @@ fi
 
 /// Kata Go runtime sequence: raw mountpoints, no `--hybrid-mode`.
 #[test]
-#[ignore = "needs the RAFS fs and the blobcache (not on main yet)"]
 fn kata_go_runtime_replay() {
     replay(Runtime::Go);
 }
 
 /// Kata runtime-rs sequence: `--hybrid-mode`, percent-encoded mountpoints.
 #[test]
-#[ignore = "needs the RAFS fs and the blobcache (not on main yet)"]
 fn kata_runtime_rs_replay() {
     replay(Runtime::Rs);
 }

@@ -32,7 +32,6 @@ fn write_random(path: &Path, len: usize, seed: u64) {
 }
 
 #[test]
-#[ignore = "needs the RAFS fs, rafs-image create and the registry backend wired into the daemon (not on main yet)"]
 fn guest_reads_4k_from_1gib_image_fetching_under_2mib() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

@@ -32,7 +32,7 @@ head -c 3000000 /dev/urandom > "$src/data/random.bin"
 seq 1 200000 > "$src/data/numbers.txt"
 ln -s ../hello.txt "$src/bin/link-to-hello"
 chmod 0750 "$src/data"
-setfattr -n user.demo -v "xattr value" "$src/hello.txt" 2>/dev/null || true
+setfattr -n user.demo -v "xattr value" "$src/hello.txt"
 find "$src" | sort | sed "s|^$work/||"
 
 step "4. build a RAFS v6 image with rafs-image"
@@ -71,7 +71,7 @@ want_random="$(sha256sum "$src/data/random.bin" | cut -d' ' -f1)"
 want_numbers="$(sha256sum "$src/data/numbers.txt" | cut -d' ' -f1)"
 mkdir -p "$work/wl/rv"
 cat > "$work/wl/rv/workload.sh" <<WL
-L=\$RV_MNT/rafs/c1/lowerdir
+export L=\$RV_MNT/rafs/c1/lowerdir
 echo "--- guest: ls -lR of the RAFS image"
 ls -lR \$L
 echo "--- guest: verify file contents"
@@ -79,6 +79,7 @@ rv_check hello sh -c '[ "\$(cat \$L/hello.txt)" = "hello from a RAFS image" ]'
 rv_check random.bin sh -c '[ "\$(sha256sum \$L/data/random.bin | cut -d" " -f1)" = $want_random ]'
 rv_check numbers.txt sh -c '[ "\$(sha256sum \$L/data/numbers.txt | cut -d" " -f1)" = $want_numbers ]'
 rv_check symlink sh -c '[ "\$(readlink \$L/bin/link-to-hello)" = ../hello.txt ]'
+rv_check xattr sh -c '[ "\$(rvhelper getxattr \$L/hello.txt user.demo)" = $(printf 'xattr value' | od -An -tx1 | tr -d ' \n') ]'
 echo "--- guest: overlay (RAFS lower, passthrough upper) and write through it"
 mkdir -p /rootfs
 S=\$RV_MNT/containers/c1

@@ -127,6 +127,13 @@ pub fn raise_nofile_limit() -> u64 {
 
 /// Performs the start-up mounts on `tree`.
 pub fn mount_startup(tree: &FsTree, m: &StartupMounts) -> Result<(), DaemonError> {
+    // A share at "/" would hide every other mount (the root is then the share itself).
+    if m.shared_dir.is_some() && m.bootstrap.is_some() {
+        return Err(DaemonError::Usage(
+            "--shared-dir and --bootstrap cannot be combined; mount one of them through the API"
+                .into(),
+        ));
+    }
     if let Some(bootstrap) = &m.bootstrap {
         let config = match &m.config {
             Some(c) => std::fs::read_to_string(c).map_err(|e| DaemonError::Mount {
@@ -143,18 +150,9 @@ pub fn mount_startup(tree: &FsTree, m: &StartupMounts) -> Result<(), DaemonError
             })?;
     }
     if let Some(dir) = &m.shared_dir {
-        // With a RAFS at "/", the share goes next to it only if the user chose another
-        // mountpoint for the RAFS; otherwise the share is the root (nydusd's behaviour).
-        let mp = if m.bootstrap.is_some() && m.virtual_mountpoint.as_deref().unwrap_or("/") == "/" {
-            return Err(DaemonError::Usage(
-                "--shared-dir and --bootstrap both want /: give --virtual-mountpoint".into(),
-            ));
-        } else {
-            "/"
-        };
-        tree.mount(FsType::Passthrough, &dir.display().to_string(), "", mp)
+        tree.mount(FsType::Passthrough, &dir.display().to_string(), "", "/")
             .map_err(|e| DaemonError::Mount {
-                mountpoint: mp.into(),
+                mountpoint: "/".into(),
                 source: e,
             })?;
     }
@@ -284,9 +282,10 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
                 loop {
                     match ch.get_request() {
                         Ok(Some((reader, writer))) => {
-                            if let Err(e) =
-                                server.handle_message(reader, writer.into(), None, Some(&*hook))
-                            {
+                            let r =
+                                server.handle_message(reader, writer.into(), None, Some(&*hook));
+                            hook.record_reply(&r);
+                            if let Err(e) = r {
                                 log::debug!("fuse: request failed: {e:?}");
                             }
                         }

@@ -631,3 +631,54 @@ fn same_shape_as_upstream_builds() {
         }
     }
 }
+
+/// RAFS v5 builds take a v5 dictionary (walked inode by inode).
+#[test]
+fn chunk_dict_v5() {
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a");
+    std::fs::create_dir(&a).unwrap();
+    for i in 0..5 {
+        std::fs::write(a.join(format!("f{i}")), random_bytes(40000, i + 1)).unwrap();
+    }
+    let blobs = t.path().join("blobs");
+    let v5 = ["--fs-version", "5", "--chunk-size", "0x10000"];
+    run(rafs_image()
+        .arg("create")
+        .args(v5)
+        .arg("--bootstrap")
+        .arg(t.path().join("dict.boot"))
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg(&a));
+    std::fs::write(a.join("new"), random_bytes(1000, 77)).unwrap();
+    let boot = t.path().join("b.boot");
+    run(rafs_image()
+        .arg("create")
+        .args(v5)
+        .arg("--chunk-dict")
+        .arg(format!(
+            "bootstrap={}",
+            t.path().join("dict.boot").display()
+        ))
+        .arg("--bootstrap")
+        .arg(&boot)
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg(&a));
+    let img = RafsImage::open(&boot).unwrap();
+    assert_eq!(img.blobs().len(), 2);
+    assert_eq!(img.blobs()[1].chunk_count, 1);
+    // A v5 blob is just the chunk data: the 1000 new (incompressible) bytes.
+    assert_eq!(
+        std::fs::metadata(blobs.join(&img.blobs()[1].blob_id))
+            .unwrap()
+            .len(),
+        1000
+    );
+    assert_same(
+        &image_manifest(&boot, &blobs, ManifestOptions::default()),
+        &source_manifest(&a, &[]),
+        "v5 dict",
+    );
+}

@@ -179,3 +179,69 @@ fn bad_arguments_fail_fast() {
         assert!(!out.stderr.is_empty(), "{args:?} should say why");
     }
 }
+
+fn nofile_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].to_string(), f[4].to_string())
+}
+
+#[test]
+fn raises_nofile_soft_limit_to_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    let t = tempfile::tempdir().unwrap();
+    let (a, s) = paths(t.path());
+    let mut cmd = Command::new(bin());
+    cmd.args(["virtiofs", "--apisock", &a, "--sock", &s]);
+    // SAFETY: only async-signal-safe calls (getrlimit/setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut rl = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+            rl.rlim_cur = 256.min(rl.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+            Ok(())
+        });
+    }
+    let d = Daemon {
+        child: cmd.spawn().unwrap(),
+    };
+    assert!(wait_running(
+        &t.path().join("api.sock"),
+        Duration::from_secs(10)
+    ));
+    let (soft, hard) = nofile_limits(d.child.id());
+    assert_eq!(soft, hard, "soft RLIMIT_NOFILE not raised");
+    stop_quickly(d, libc::SIGTERM);
+}
+
+#[test]
+fn shared_dir_and_bootstrap_are_exclusive() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, s) = paths(t.path());
+    let dir = t.path().display().to_string();
+    let out = Command::new(bin())
+        .args([
+            "virtiofs",
+            "--sock",
+            &s,
+            "--shared-dir",
+            &dir,
+            "--bootstrap",
+            "/x",
+            "--config",
+            "/y",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be combined"));
+}

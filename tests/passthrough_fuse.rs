@@ -310,3 +310,39 @@ fn vfs_rejects_names_with_slashes() {
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
 }
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// With file handles, looked-up inodes do not pin fds (fuse-backend-rs#130): walking many
+/// files leaves the daemon's fd count flat.
+#[test]
+fn walking_many_files_does_not_pin_fds() {
+    let share = tempfile::tempdir().unwrap();
+    for d in 0..20 {
+        let dir = share.path().join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..200 {
+            std::fs::write(dir.join(format!("f{f}")), b"x").unwrap();
+        }
+    }
+    let m = FuseMount::new(Some(share.path()));
+    let pid = m.d.as_ref().unwrap().pid();
+    let before = fd_count(pid);
+    let mut n = 0;
+    for d in 0..20 {
+        for e in std::fs::read_dir(m.p(&format!("d{d}"))).unwrap() {
+            std::fs::metadata(e.unwrap().path()).unwrap();
+            n += 1;
+        }
+    }
+    assert_eq!(n, 4000);
+    let after = fd_count(pid);
+    assert!(
+        after < before + 100,
+        "fd count grew from {before} to {after} after looking up {n} inodes"
+    );
+}

@@ -178,6 +178,15 @@ fn direct_filesystem_calls_match_the_source_tree() {
         let m = fs.metrics();
         assert!(m["reads"].as_u64().unwrap() > 0);
         assert_eq!(m["errors"].as_u64().unwrap(), 0);
+        let b = fs.backend_metrics();
+        assert_eq!(b["backend_type"], "localfs");
+        assert!(b["read_amount_total"].as_u64().unwrap() > 0);
+        let c = fs.blobcache_metrics();
+        assert!(c["total"].as_u64().unwrap() >= c["whole_hits"].as_u64().unwrap());
+        assert!(
+            c["whole_hits"].as_u64().unwrap() > 0,
+            "repeat reads hit memory"
+        );
     }
 }
 

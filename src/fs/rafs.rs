@@ -75,6 +75,104 @@ pub struct RafsFs {
     counters: Counters,
     /// Tells background prefetch to stop (set on drop / destroy).
     stop: Arc<std::sync::atomic::AtomicBool>,
+    readahead: Readahead,
+}
+
+/// Sequential-read detection and background readahead.
+///
+/// A read that starts where the previous read of the same inode ended extends a streak;
+/// from the second sequential read on, the chunks of the next `window` bytes after it are
+/// queued for two background workers, which fetch them through the device (so the guest's
+/// next reads find them cached, or join their fetch in flight). The queue is bounded;
+/// when it is full, readahead is skipped rather than delaying the read.
+struct Readahead {
+    /// ino -> (end of the last read, sequential streak, end of what was queued).
+    state: parking_lot::Mutex<std::collections::HashMap<u64, (u64, u32, u64)>>,
+    window: u64,
+    tx: Option<crossbeam_channel::Sender<crate::rafs::ChunkRef>>,
+    queued: AtomicU64,
+}
+
+/// Entries kept in the sequential-read table before it is cleared.
+const READAHEAD_TRACKED: usize = 4096;
+
+impl Readahead {
+    fn new(
+        device: &Arc<BlobDevice>,
+        window: u64,
+        stop: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        if window == 0 {
+            return Readahead {
+                state: Default::default(),
+                window,
+                tx: None,
+                queued: AtomicU64::new(0),
+            };
+        }
+        let (tx, rx) = crossbeam_channel::bounded::<crate::rafs::ChunkRef>(256);
+        for i in 0..2 {
+            let (rx, device, stop) = (rx.clone(), device.clone(), stop.clone());
+            let _ = std::thread::Builder::new()
+                .name(format!("rafs-readahead-{i}"))
+                .spawn(move || {
+                    while let Ok(c) = rx.recv() {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if let Err(e) = device.read_chunk(&c) {
+                            log::debug!("readahead: {e}");
+                        }
+                    }
+                });
+        }
+        Readahead {
+            state: Default::default(),
+            window,
+            tx: Some(tx),
+            queued: AtomicU64::new(0),
+        }
+    }
+
+    /// Note a read of `[offset, end)` of `ino` (file size `size`); queue readahead if it is
+    /// sequential.
+    fn note(&self, image: &RafsImage, ino: u64, offset: u64, end: u64, size: u64) {
+        let Some(tx) = &self.tx else { return };
+        let (from, to) = {
+            let mut st = self.state.lock();
+            if st.len() >= READAHEAD_TRACKED && !st.contains_key(&ino) {
+                st.clear();
+            }
+            let e = st.entry(ino).or_insert((u64::MAX, 0, 0));
+            if e.0 == offset {
+                e.1 += 1;
+            } else {
+                e.1 = 0;
+                e.2 = 0;
+            }
+            e.0 = end;
+            if e.1 < 1 {
+                return;
+            }
+            let from = end.max(e.2);
+            let to = (end + self.window).min(size);
+            // Top up only when less than half a window is queued ahead.
+            if from >= to || e.2 > end + self.window / 2 {
+                return;
+            }
+            e.2 = to;
+            (from, to)
+        };
+        let Ok(chunks) = image.file_chunks(ino, from, to - from) else {
+            return;
+        };
+        for c in chunks {
+            if tx.try_send(c.chunk).is_err() {
+                break;
+            }
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for RafsFs {
@@ -195,6 +293,15 @@ impl RafsFs {
             cache.clone(),
             opts,
         )?);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let device2 = device.clone();
+        // Readahead covers twice the amplification size (at least 1 MiB); 0 turns it off
+        // together with amplification.
+        let readahead_window = if config.amplify_io == 0 {
+            0
+        } else {
+            (config.amplify_io * 2).max(1 << 20)
+        };
         let fs = RafsFs {
             bootstrap: bootstrap.to_path_buf(),
             image,
@@ -205,7 +312,8 @@ impl RafsFs {
             cache,
             enable_xattr: config.enable_xattr,
             counters: Counters::default(),
-            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            stop: stop.clone(),
+            readahead: Readahead::new(&device2, readahead_window, &stop),
         };
         if config.fs_prefetch.enable {
             fs.start_prefetch(config);
@@ -243,9 +351,44 @@ impl RafsFs {
             "chunk_reads": l(&d.chunk_reads),
             "chunk_fetches": l(&d.chunk_fetches),
             "chunk_hits": l(&d.mem_hits) + l(&d.cache_hits),
+            "readahead_chunks": l(&self.readahead.queued),
             "device": self.device.metrics_json(),
             "backend": backend,
             "blobcache": self.cache.as_ref().map(|c| c.metrics_json()),
+        })
+    }
+
+    /// Backend counters in nydusd's `/api/v1/metrics/backend` shape (plus our extras).
+    pub fn backend_metrics(&self) -> serde_json::Value {
+        let mut v = match (&self.registry, &self.localfs) {
+            (Some(r), _) => r.metrics().to_json("registry"),
+            (_, Some(lf)) => lf.metrics_json(),
+            _ => serde_json::json!({"backend_type": self.backend.kind()}),
+        };
+        if let serde_json::Value::Object(o) = &mut v {
+            o.insert("id".into(), self.bootstrap.display().to_string().into());
+        }
+        v
+    }
+
+    /// Cache counters in nydusd's `/api/v1/metrics/blobcache` shape: `whole_hits` counts
+    /// chunks served locally (memory or the shared cache), `total` all chunk requests,
+    /// `prefetch_data_amount` bytes fetched by prefetch and readahead are not separated
+    /// from demand reads and are reported as 0.
+    pub fn blobcache_metrics(&self) -> serde_json::Value {
+        let d = self.device.metrics();
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "id": self.bootstrap.display().to_string(),
+            "store_path": self.cache.as_ref().map(|c| c.root().display().to_string()),
+            "underlying_files": self.image.blobs().iter().map(|b| b.blob_id.clone()).collect::<Vec<_>>(),
+            "whole_hits": l(&d.mem_hits) + l(&d.cache_hits),
+            "partial_hits": 0,
+            "total": l(&d.chunk_reads),
+            "entries_count": l(&d.chunk_fetches),
+            "prefetch_data_amount": 0,
+            "buffered_backend_size": l(&d.backend_bytes),
+            "cache": self.cache.as_ref().map(|c| c.metrics_json()),
         })
     }
 
@@ -308,6 +451,7 @@ impl RafsFs {
             return Ok(0);
         }
         let end = a.size.min(offset + u64::from(size));
+        self.readahead.note(&self.image, ino, offset, end, a.size);
         let chunks = self
             .image
             .file_chunks(ino, offset, end - offset)

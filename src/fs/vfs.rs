@@ -19,6 +19,8 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::passthrough::{new_passthrough, PassthroughError};
+use super::rafs::RafsFs;
+use crate::config::RafsConfig;
 
 /// Bits of a VFS inode number that select the backend filesystem (fuse-backend-rs layout).
 const VFS_INDEX_SHIFT: u32 = 56;
@@ -117,7 +119,7 @@ pub struct MountRecord {
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
-    errors: AtomicU64,
+    failed: AtomicU64,
     read_ops: AtomicU64,
     read_bytes: AtomicU64,
     write_ops: AtomicU64,
@@ -128,7 +130,7 @@ impl Counters {
     fn reset(&self) {
         for c in [
             &self.requests,
-            &self.errors,
+            &self.failed,
             &self.read_ops,
             &self.read_bytes,
             &self.write_ops,
@@ -141,7 +143,7 @@ impl Counters {
     fn to_json(&self) -> Value {
         json!({
             "requests": self.requests.load(Ordering::Relaxed),
-            "errors": self.errors.load(Ordering::Relaxed),
+            "failed_requests": self.failed.load(Ordering::Relaxed),
             "read_ops": self.read_ops.load(Ordering::Relaxed),
             "read_bytes": self.read_bytes.load(Ordering::Relaxed),
             "write_ops": self.write_ops.load(Ordering::Relaxed),
@@ -170,36 +172,51 @@ impl FsMetrics {
     }
 }
 
+impl FsMetrics {
+    /// Records the outcome of the request this thread just handled: `Ok(n)` is the reply
+    /// length (READ payload bytes are counted), `Err` a request that could not be decoded
+    /// or answered. fuse-backend-rs does not pass the reply header to the hook, so
+    /// transports call this with what `Server::handle_message` returned.
+    pub fn record_reply<E>(&self, r: &Result<usize, E>) {
+        let (idx, opcode, _) = CURRENT.with(|c| c.get());
+        let c = &self.per_fs[idx as usize];
+        match r {
+            Ok(n) if opcode == FUSE_READ => {
+                c.read_bytes.fetch_add(
+                    (*n as u64).saturating_sub(u64::from(OUT_HEADER_LEN)),
+                    Ordering::Relaxed,
+                );
+            }
+            Ok(_) => {}
+            Err(_) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl MetricsHook for FsMetrics {
     fn collect(&self, ih: &InHeader) {
         let idx = (ih.nodeid >> VFS_INDEX_SHIFT) as u8;
         CURRENT.with(|c| c.set((idx, ih.opcode, ih.len)));
         let c = &self.per_fs[idx as usize];
         c.requests.fetch_add(1, Ordering::Relaxed);
-        if ih.opcode == FUSE_WRITE {
-            c.write_ops.fetch_add(1, Ordering::Relaxed);
-            c.write_bytes.fetch_add(
-                u64::from(ih.len.saturating_sub(WRITE_HEADERS_LEN)),
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    fn release(&self, oh: Option<&OutHeader>) {
-        let (idx, opcode, _) = CURRENT.with(|c| c.get());
-        let c = &self.per_fs[idx as usize];
-        if let Some(oh) = oh {
-            if oh.error != 0 {
-                c.errors.fetch_add(1, Ordering::Relaxed);
-            } else if opcode == FUSE_READ {
+        match ih.opcode {
+            FUSE_READ => {
                 c.read_ops.fetch_add(1, Ordering::Relaxed);
-                c.read_bytes.fetch_add(
-                    u64::from(oh.len.saturating_sub(OUT_HEADER_LEN)),
+            }
+            FUSE_WRITE => {
+                c.write_ops.fetch_add(1, Ordering::Relaxed);
+                c.write_bytes.fetch_add(
+                    u64::from(ih.len.saturating_sub(WRITE_HEADERS_LEN)),
                     Ordering::Relaxed,
                 );
             }
+            _ => {}
         }
     }
+
+    fn release(&self, _oh: Option<&OutHeader>) {}
 }
 
 /// The VFS options used for every transport: like nydusd in Kata (open/opendir served,
@@ -310,15 +327,34 @@ impl FsTree {
         mountpoint: &str,
     ) -> Result<(), MountError> {
         let mp = normalize_mountpoint(mountpoint)?;
-        // Held across the whole mount so two racing mounts of one path cannot both succeed.
-        let mut mounts = self.mounts.lock();
-        if mounts.contains_key(&mp) {
+        // Cheap early check so a bad request does not open anything; mount_backend checks
+        // again under the lock.
+        if self.mounts.lock().contains_key(&mp) {
             return Err(MountError::AlreadyMounted(mp));
         }
         let (fs, cfg_json): (BackFileSystem, Value) = match fs_type {
             FsType::Passthrough => (Box::new(new_passthrough(Path::new(source))?), Value::Null),
             FsType::Rafs => open_rafs(Path::new(source), config)?,
         };
+        self.mount_backend(fs, fs_type, source, cfg_json, &mp)
+    }
+
+    /// Mounts an already created backend at `mountpoint`, recorded in the mount table as
+    /// `fs_type` from `source` with `config` (shown by the API).
+    pub fn mount_backend(
+        &self,
+        fs: BackFileSystem,
+        fs_type: FsType,
+        source: &str,
+        config: Value,
+        mountpoint: &str,
+    ) -> Result<(), MountError> {
+        let mp = normalize_mountpoint(mountpoint)?;
+        // Held across the VFS mount so two racing mounts of one path cannot both succeed.
+        let mut mounts = self.mounts.lock();
+        if mounts.contains_key(&mp) {
+            return Err(MountError::AlreadyMounted(mp));
+        }
         let fs: BackFileSystem = Box::new(super::mountroot::MountRootFs(fs));
         let fs_idx = self
             .vfs
@@ -337,7 +373,7 @@ impl FsTree {
                 source: source.to_string(),
                 mountpoint: mp,
                 mounted_time: now,
-                config: cfg_json,
+                config,
                 fs_idx,
             },
         );
@@ -406,15 +442,33 @@ fn backend_metrics(vfs: &Vfs, mountpoint: &str) -> Option<Value> {
     rafs_metrics(fs.as_any())
 }
 
-fn rafs_metrics(_fs: &dyn std::any::Any) -> Option<Value> {
-    None
+fn rafs_metrics(fs: &dyn std::any::Any) -> Option<Value> {
+    fs.downcast_ref::<RafsFs>().map(RafsFs::metrics)
+}
+
+/// The config text as JSON (JSON as is, TOML converted), secrets removed, for the API.
+fn config_for_api(config: &str) -> Value {
+    let mut v = serde_json::from_str::<Value>(config)
+        .ok()
+        .or_else(|| {
+            toml::from_str::<toml::Value>(config)
+                .ok()
+                .and_then(|t| serde_json::to_value(t).ok())
+        })
+        .unwrap_or(Value::Null);
+    redact_secrets(&mut v);
+    v
 }
 
 /// Opens a RAFS filesystem. Returns the backend and its config (secrets removed) for the API.
-fn open_rafs(_bootstrap: &Path, _config: &str) -> Result<(BackFileSystem, Value), MountError> {
-    Err(MountError::Rafs(
-        "RAFS filesystem support is not available in this build yet".into(),
-    ))
+fn open_rafs(bootstrap: &Path, config: &str) -> Result<(BackFileSystem, Value), MountError> {
+    let cfg = RafsConfig::from_str(config).map_err(|e| MountError::Rafs(format!("config: {e}")))?;
+    for f in &cfg.unknown_fields {
+        log::warn!("RAFS config: ignoring unknown field {f}");
+    }
+    let fs = RafsFs::open(bootstrap, &cfg)
+        .map_err(|e| MountError::Rafs(format!("{}: {e}", bootstrap.display())))?;
+    Ok((Box::new(fs), config_for_api(config)))
 }
 
 #[cfg(test)]

@@ -36,6 +36,20 @@ pub const LOCK_STRIPES: u64 = 1024;
 /// Files used within this long are not evicted.
 const EVICT_GRACE: Duration = Duration::from_secs(2);
 
+/// A blob id usable as one path component: itself when it is a plain name, else (it came
+/// from an untrusted bootstrap) the hex SHA-256 of it.
+pub fn safe_name(blob_id: &str) -> String {
+    if crate::storage::localfs::check_blob_id(blob_id).is_ok() {
+        blob_id.to_string()
+    } else {
+        use sha2::Digest;
+        format!(
+            "h-{}",
+            hex::encode(sha2::Sha256::digest(blob_id.as_bytes()))
+        )
+    }
+}
+
 /// What a cached chunk is stored under.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CacheKey {
@@ -68,7 +82,7 @@ impl CacheKey {
                 uncompressed_offset,
                 size,
             } => PathBuf::from("blob")
-                .join(blob_id)
+                .join(safe_name(blob_id))
                 .join(format!("{uncompressed_offset:x}-{size:x}")),
         }
     }
@@ -255,6 +269,25 @@ impl ChunkCache {
         ChunkLock { _file: file }
     }
 
+    /// Like [`ChunkCache::lock_chunk`] but never waits: `None` if another fetcher holds
+    /// the stripe (used for amplified neighbours, so a fetcher never blocks while holding).
+    pub fn try_lock_chunk(&self, key: &CacheKey) -> Option<ChunkLock> {
+        let p = self
+            .root
+            .join("locks")
+            .join(format!("{:03x}", key.stripe()));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .ok()?;
+        // SAFETY: flock on a valid, owned fd; no memory is involved.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        (r == 0).then_some(ChunkLock { _file: Some(f) })
+    }
+
     /// Store verified `data` under `key` (no-op if present).
     pub fn insert(&self, key: &CacheKey, data: &[u8]) -> io::Result<()> {
         let r = self.insert_inner(key, data);
@@ -289,24 +322,7 @@ impl ChunkCache {
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent)?;
         }
-        // Unique per process (pid) and per write in it (a process-wide counter: several
-        // caches over one directory may live in one process).
-        static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-        let tmp = self.root.join("tmp").join(format!(
-            "{}-{}",
-            std::process::id(),
-            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let res = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
-            drop(f);
-            fs::rename(&tmp, &p)
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        res?;
+        self.write_atomically(&p, data)?;
         self.verified.lock().insert(p);
         Ok(true)
     }
@@ -345,6 +361,69 @@ impl ChunkCache {
             }
         }
         self.used.store(total, Ordering::Relaxed);
+    }
+
+    fn meta_path(&self, blob_id: &str) -> PathBuf {
+        self.root
+            .join("meta")
+            .join(format!("{}.ci", safe_name(blob_id)))
+    }
+
+    /// The raw ci bytes of `blob_id` stored by [`ChunkCache::put_meta`], if intact (a
+    /// SHA-256 trailer guards them; a damaged file is removed).
+    pub fn get_meta(&self, blob_id: &str) -> Option<Vec<u8>> {
+        use sha2::Digest;
+        let p = self.meta_path(blob_id);
+        let mut data = fs::read(&p).ok()?;
+        if data.len() < 32 {
+            let _ = fs::remove_file(&p);
+            return None;
+        }
+        let body = data.len() - 32;
+        let sum: [u8; 32] = sha2::Sha256::digest(&data[..body]).into();
+        if sum[..] != data[body..] {
+            log::warn!("chunk cache: {} is corrupt; removing it", p.display());
+            self.metrics.corrupt.fetch_add(1, Ordering::Relaxed);
+            let _ = fs::remove_file(&p);
+            return None;
+        }
+        data.truncate(body);
+        Some(data)
+    }
+
+    /// Keep the raw ci bytes of `blob_id` (what was range-read from the blob), so a
+    /// restarted daemon does not fetch them again.
+    pub fn put_meta(&self, blob_id: &str, raw: &[u8]) -> io::Result<()> {
+        use sha2::Digest;
+        let p = self.meta_path(blob_id);
+        if p.is_file() {
+            return Ok(());
+        }
+        fs::create_dir_all(self.root.join("meta"))?;
+        let mut data = raw.to_vec();
+        data.extend_from_slice(&sha2::Sha256::digest(raw));
+        self.write_atomically(&p, &data)
+    }
+
+    fn write_atomically(&self, p: &Path, data: &[u8]) -> io::Result<()> {
+        // Unique per process (pid) and per write in it (a process-wide counter: several
+        // caches over one directory may live in one process).
+        static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.root.join("tmp").join(format!(
+            "{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let res = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            drop(f);
+            fs::rename(&tmp, p)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
     }
 
     /// Remove temp files left by dead writers (older than a minute).
@@ -434,6 +513,38 @@ mod tests {
         // Chunks larger than the whole cache are refused, not stored.
         let big = vec![0u8; 41];
         assert!(c.insert(&key(11), &big).is_err());
+    }
+
+    #[test]
+    fn meta_is_kept_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ChunkCache::open(d.path(), 0).unwrap();
+        assert!(c.get_meta("blob1").is_none());
+        c.put_meta("blob1", b"ci bytes").unwrap();
+        assert_eq!(c.get_meta("blob1").unwrap(), b"ci bytes");
+        let p = c.meta_path("blob1");
+        let mut raw = fs::read(&p).unwrap();
+        raw[0] ^= 1;
+        fs::write(&p, raw).unwrap();
+        assert!(c.get_meta("blob1").is_none());
+        assert!(!p.exists());
+        // Hostile ids never leave the cache directory.
+        for id in ["../../etc/x", "a/b", ".."] {
+            let p = c.meta_path(id);
+            assert_eq!(p.parent().unwrap(), c.root().join("meta"));
+            let k = CacheKey::Blob {
+                blob_id: id.into(),
+                uncompressed_offset: 0,
+                size: 1,
+            };
+            assert!(c
+                .path_of(&k)
+                .starts_with(c.root().join("data").join("blob")));
+            assert_eq!(
+                c.path_of(&k).components().count(),
+                c.root().join("data/blob/x/y").components().count()
+            );
+        }
     }
 
     #[test]

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use fuse_backend_rs::api::filesystem::ZeroCopyWriter;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-use super::cache::{CacheKey, ChunkCache};
+use super::cache::{CacheKey, ChunkCache, ChunkLock};
 use super::flight::SingleFlight;
 use super::{BlobBackend, ChunkReader, Result, StorageError};
 use crate::rafs::ci::{self, ChunkInfoArray};
@@ -70,7 +70,8 @@ pub struct DeviceMetrics {
     pub verify_errors: AtomicU64,
     /// ci arrays loaded (from blob.meta or the backend).
     pub ci_loads: AtomicU64,
-    /// ci arrays taken from a valid `<work_dir>/<blob_id>.blob.meta`.
+    /// ci arrays taken from a valid `<work_dir>/<blob_id>.blob.meta` or from the copy kept
+    /// in the shared cache.
     pub ci_from_meta: AtomicU64,
 }
 
@@ -138,6 +139,10 @@ pub struct BlobDevice {
     /// Records of the bootstrap chunk table, kept until the table is first needed.
     table_src: Mutex<Option<Vec<ChunkInfo>>>,
     flights: SingleFlight<(u32, u64), Arc<Vec<u8>>>,
+    /// Chunks being fetched as amplified neighbours of another chunk; a reader of one waits
+    /// for that fetch instead of starting its own.
+    pending: Mutex<std::collections::HashSet<(u32, u64)>>,
+    pending_cv: Condvar,
     mem: Mutex<MemCache>,
     cache: Option<Arc<ChunkCache>>,
     metrics: DeviceMetrics,
@@ -209,6 +214,8 @@ impl BlobDevice {
             table: OnceLock::new(),
             table_src: Mutex::new(table_src),
             flights: SingleFlight::default(),
+            pending: Mutex::new(std::collections::HashSet::new()),
+            pending_cv: Condvar::new(),
             cache,
             metrics: DeviceMetrics::default(),
         })
@@ -280,24 +287,49 @@ impl BlobDevice {
                 a
             }
             None => {
-                let (off, len) = ci::ci_range(info);
-                if len > (64 << 20) + 4096 {
-                    return Err(StorageError::BadCi {
-                        blob_id: info.blob_id.clone(),
-                        reason: format!("ci array of {len} bytes is too large"),
-                    });
+                let kept = self.cache.as_ref().and_then(|c| c.get_meta(&info.blob_id));
+                let kept = kept.and_then(|raw| match ChunkInfoArray::parse(info, &raw) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        log::debug!("kept ci of {} unusable: {e}", info.blob_id);
+                        None
+                    }
+                });
+                match kept {
+                    Some(a) => {
+                        self.metrics.ci_from_meta.fetch_add(1, Ordering::Relaxed);
+                        a
+                    }
+                    None => self.fetch_ci(info)?,
                 }
-                let mut buf = vec![0u8; len as usize];
-                self.backend_read(&info.blob_id, off, &mut buf)?;
-                ChunkInfoArray::parse(info, &buf).map_err(|e| StorageError::BadCi {
-                    blob_id: info.blob_id.clone(),
-                    reason: e.to_string(),
-                })?
             }
         };
         self.metrics.ci_loads.fetch_add(1, Ordering::Relaxed);
         let arr = Arc::new(arr);
         *slot = Some(arr.clone());
+        Ok(arr)
+    }
+
+    /// Range-read and parse a blob's ci array; keep the raw bytes in the shared cache.
+    fn fetch_ci(&self, info: &BlobInfo) -> Result<ChunkInfoArray> {
+        let (off, len) = ci::ci_range(info);
+        if len > (64 << 20) + 4096 {
+            return Err(StorageError::BadCi {
+                blob_id: info.blob_id.clone(),
+                reason: format!("ci array of {len} bytes is too large"),
+            });
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.backend_read(&info.blob_id, off, &mut buf)?;
+        let arr = ChunkInfoArray::parse(info, &buf).map_err(|e| StorageError::BadCi {
+            blob_id: info.blob_id.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(c) = &self.cache {
+            if let Err(e) = c.put_meta(&info.blob_id, &buf) {
+                log::debug!("keeping the ci of {}: {e}", info.blob_id);
+            }
+        }
         Ok(arr)
     }
 
@@ -503,16 +535,22 @@ impl BlobDevice {
 
     /// Neighbours of `c` to fetch in the same backend request (contiguous compressed ranges,
     /// total at most `amplify_io`), not already cached.
-    fn neighbours(&self, c: &ChunkInfo) -> Vec<ChunkInfo> {
+    /// The chosen neighbours are claimed: marked pending in this process, and (with the
+    /// shared cache) their fetch locks taken without waiting, so other threads and processes
+    /// wait for this fetch instead of duplicating it.
+    fn neighbours(&self, c: &ChunkInfo) -> (Vec<ChunkInfo>, Vec<ChunkLock>) {
         let mut out = Vec::new();
+        let mut locks = Vec::new();
         let limit = self.opts.amplify_io;
         if limit <= u64::from(c.compressed_size) {
-            return out;
+            return (out, locks);
         }
         let Ok(arr) = self.ci_array_if_v6(c) else {
-            return out;
+            return (out, locks);
         };
-        let Some(arr) = arr else { return out };
+        let Some(arr) = arr else {
+            return (out, locks);
+        };
         let mut total = u64::from(c.compressed_size);
         let mut end = c.compressed_offset + u64::from(c.compressed_size);
         let mut next = c.index + 1;
@@ -537,18 +575,38 @@ impl BlobDevice {
                 }
             }
             if let Some(cache) = &self.cache {
-                if let Ok(k) = self.cache_key(&n) {
-                    if cache.contains(&k) {
-                        break;
-                    }
+                let Ok(k) = self.cache_key(&n) else { break };
+                if cache.contains(&k) {
+                    break;
                 }
+                let Some(l) = cache.try_lock_chunk(&k) else {
+                    break;
+                };
+                // Another process may have stored it just before we locked.
+                if cache.contains(&k) {
+                    break;
+                }
+                locks.push(l);
+            }
+            if !self.pending.lock().insert(nk) {
+                break;
             }
             total += u64::from(n.compressed_size);
             end += u64::from(n.compressed_size);
             out.push(n);
             next += 1;
         }
-        out
+        (out, locks)
+    }
+
+    /// Wait while chunk `key` is being fetched as another chunk's neighbour.
+    fn wait_pending(&self, key: &(u32, u64)) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        let mut p = self.pending.lock();
+        while p.contains(key) && std::time::Instant::now() < deadline {
+            self.pending_cv
+                .wait_for(&mut p, std::time::Duration::from_millis(100));
+        }
     }
 
     fn ci_array_if_v6(&self, c: &ChunkInfo) -> Result<Option<Arc<ChunkInfoArray>>> {
@@ -562,7 +620,29 @@ impl BlobDevice {
     fn fetch(&self, c: &ChunkInfo) -> Result<Arc<Vec<u8>>> {
         let b = self.blob(c.blob_index)?;
         let id = b.info.blob_id.clone();
-        let extra = self.neighbours(c);
+        let (extra, _locks) = self.neighbours(c);
+        // Unclaim the neighbours however this fetch ends (after the locks' release order
+        // does not matter: the cache is re-checked under the lock by waiters).
+        struct Unclaim<'a> {
+            dev: &'a BlobDevice,
+            keys: Vec<(u32, u64)>,
+        }
+        impl Drop for Unclaim<'_> {
+            fn drop(&mut self) {
+                let mut p = self.dev.pending.lock();
+                for k in &self.keys {
+                    p.remove(k);
+                }
+                self.dev.pending_cv.notify_all();
+            }
+        }
+        let _unclaim = Unclaim {
+            dev: self,
+            keys: extra
+                .iter()
+                .map(|n| (n.blob_index, n.compressed_offset))
+                .collect(),
+        };
         let total: u64 = u64::from(c.compressed_size)
             + extra
                 .iter()
@@ -636,6 +716,7 @@ impl BlobDevice {
             return Ok(d);
         }
         let (r, _) = self.flights.run(key, || {
+            self.wait_pending(&key);
             if let Some(d) = self.mem.lock().get(&key) {
                 return Ok(d);
             }
@@ -903,5 +984,45 @@ mod tests {
         assert_eq!(s3.reads.load(Ordering::SeqCst), base + 1);
         assert_eq!(cache3.metrics().corrupt.load(Ordering::Relaxed), 1);
         assert_eq!(std::fs::read(cache3.path_of(&key)).unwrap(), *first[5]);
+    }
+
+    #[test]
+    fn a_slow_fetch_does_not_block_cached_reads() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(t.path(), 0).unwrap();
+        let (img, blobs) = fixture("v6-zstd-64k-base");
+        let slow = Arc::new(Slow {
+            inner: LocalFsBackend::from_dir(&blobs),
+            reads: AtomicU64::new(0),
+            delay: Duration::from_millis(1500),
+        });
+        let ids = img.blobs().iter().map(|b| b.blob_id.clone()).collect();
+        let opts = DeviceOptions {
+            amplify_io: 0,
+            mem_cache_bytes: 0,
+            ..Default::default()
+        };
+        let dev = Arc::new(BlobDevice::new(&img, ids, slow, Some(cache), opts).unwrap());
+        let warm = dev.read_chunk(&idx(0)).unwrap();
+        // Two slow fetches in flight...
+        let bg: Vec<_> = [7u32, 8]
+            .into_iter()
+            .map(|i| {
+                let dev = dev.clone();
+                std::thread::spawn(move || dev.read_chunk(&idx(i)).unwrap())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // ...while a cached chunk is served at once.
+        let t0 = std::time::Instant::now();
+        assert_eq!(dev.read_chunk(&idx(0)).unwrap(), warm);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        for b in bg {
+            b.join().unwrap();
+        }
     }
 }

@@ -191,7 +191,9 @@ fn handle_chain(server: &Server<Arc<Vfs>>, metrics: &FsMetrics, vring: &Vring, c
         .and_then(|r| VirtioFsWriter::new(mem, chain.clone()).map(|w| (r, w)))
     {
         Ok((reader, writer)) => {
-            match server.handle_message(reader, writer.into(), None, Some(metrics)) {
+            let r = server.handle_message(reader, writer.into(), None, Some(metrics));
+            metrics.record_reply(&r);
+            match r {
                 Ok(n) => n as u32,
                 Err(e) => {
                     log::warn!("failed to handle FUSE request: {e:?}");

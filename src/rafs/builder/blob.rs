@@ -25,14 +25,29 @@ pub struct ChunkDict {
 /// Load a v6 bootstrap as a chunk dictionary (from its chunk table), checking that it is
 /// compatible with the build (RAFS version, chunk size, digest algorithm).
 pub fn load_chunk_dict(path: &Path, opts: &BuildOptions) -> Result<ChunkDict, BuildError> {
+    if opts.version == RafsVersion::V5 {
+        // v5 dictionaries are walked inode by inode (chunk records are inline).
+        let l = super::merge::load_image(path)?;
+        if l.version != RafsVersion::V5 || l.chunk_size != opts.chunk_size {
+            return Err(BuildError::Invalid(format!(
+                "chunk dict {}: RAFS version or chunk size differs from the build",
+                path.display()
+            )));
+        }
+        let mut chunks = Vec::new();
+        if l.flags & layout::digester_flag(opts.digester) != 0 {
+            for n in l.tree.preorder() {
+                chunks.extend(l.tree.nodes[n].chunks.iter().copied());
+            }
+        }
+        return Ok(ChunkDict {
+            blobs: l.blobs,
+            chunks,
+        });
+    }
     let bytes = std::fs::read(path).map_err(|e| BuildError::io(path, e))?;
     let (blobs, chunks, chunk_size, flags) = read_v6_tables(&bytes)
         .map_err(|e| BuildError::Invalid(format!("chunk dict {}: {e}", path.display())))?;
-    if opts.version != RafsVersion::V6 {
-        return Err(BuildError::Invalid(
-            "chunk dict: only RAFS v6 dictionaries and builds are supported".into(),
-        ));
-    }
     if chunk_size != opts.chunk_size {
         return Err(BuildError::Invalid(format!(
             "chunk dict {}: chunk size {chunk_size:#x} differs from the build's {:#x}",
@@ -163,7 +178,7 @@ pub(super) fn finish_build(
     if has_chunks {
         let data_len = blob.len();
         if inline {
-            let d = blob.digest_so_far();
+            let d = blob.digest_so_far()?;
             toc.push(toc_entry(
                 layout::TOC_ENTRY_BLOB_RAW,
                 Compressor::None,

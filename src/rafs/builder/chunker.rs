@@ -45,11 +45,18 @@ struct Pending {
     rx: Receiver<Result<Processed, BuildError>>,
 }
 
-/// A blob data file being written, hashed as it grows.
+enum WriterMsg {
+    Data(Vec<u8>),
+    Snapshot(Sender<[u8; 32]>),
+    Finish(Sender<Result<[u8; 32], std::io::Error>>),
+}
+
+/// A blob data file being written, hashed as it grows. Writing and sha256 run on a
+/// dedicated thread so that they overlap with reading the next chunks.
 pub struct BlobFile {
     path: PathBuf,
-    w: BufWriter<File>,
-    hasher: sha2::Sha256,
+    tx: Option<Sender<WriterMsg>>,
+    thread: Option<JoinHandle<()>>,
     pos: u64,
     /// Set once the file has been handed over by `finish`.
     kept: bool,
@@ -57,6 +64,10 @@ pub struct BlobFile {
 
 impl Drop for BlobFile {
     fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         // A build that failed half way leaves no temporary file behind.
         if !self.kept {
             let _ = std::fs::remove_file(&self.path);
@@ -72,26 +83,66 @@ impl BlobFile {
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.join(format!(".rafs-blob-{}-{seq}.tmp", std::process::id()));
         let f = File::create(&path).map_err(|e| BuildError::io(&path, e))?;
+        let (tx, rx) = bounded::<WriterMsg>(8);
+        let thread = std::thread::spawn(move || {
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let mut hasher = sha2::Sha256::new();
+            let mut err: Option<std::io::Error> = None;
+            while let Ok(m) = rx.recv() {
+                match m {
+                    WriterMsg::Data(d) => {
+                        hasher.update(&d);
+                        if err.is_none() {
+                            if let Err(e) = w.write_all(&d) {
+                                err = Some(e);
+                            }
+                        }
+                    }
+                    WriterMsg::Snapshot(reply) => {
+                        let _ = reply.send(hasher.clone().finalize().into());
+                    }
+                    WriterMsg::Finish(reply) => {
+                        let r = match err.take() {
+                            Some(e) => Err(e),
+                            None => w.flush().map(|_| hasher.clone().finalize().into()),
+                        };
+                        let _ = reply.send(r);
+                        return;
+                    }
+                }
+            }
+        });
         Ok(BlobFile {
             path,
-            w: BufWriter::with_capacity(1 << 20, f),
-            hasher: sha2::Sha256::new(),
+            tx: Some(tx),
+            thread: Some(thread),
             pos: 0,
             kept: false,
         })
     }
+
+    fn send(&self, m: WriterMsg) -> Result<(), BuildError> {
+        self.tx
+            .as_ref()
+            .and_then(|t| t.send(m).ok())
+            .ok_or_else(|| BuildError::Invalid("blob writer thread stopped".into()))
+    }
+
     /// Append bytes.
     pub fn write(&mut self, b: &[u8]) -> Result<(), BuildError> {
-        self.w
-            .write_all(b)
-            .map_err(|e| BuildError::io(&self.path, e))?;
-        self.hasher.update(b);
+        self.write_owned(b.to_vec())
+    }
+    /// Append an owned buffer (no copy).
+    pub fn write_owned(&mut self, b: Vec<u8>) -> Result<(), BuildError> {
         self.pos += b.len() as u64;
-        Ok(())
+        self.send(WriterMsg::Data(b))
     }
     /// sha256 of the bytes written so far.
-    pub fn digest_so_far(&self) -> [u8; 32] {
-        self.hasher.clone().finalize().into()
+    pub fn digest_so_far(&self) -> Result<[u8; 32], BuildError> {
+        let (tx, rx) = bounded(1);
+        self.send(WriterMsg::Snapshot(tx))?;
+        rx.recv()
+            .map_err(|_| BuildError::Invalid("blob writer thread stopped".into()))
     }
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
@@ -103,10 +154,18 @@ impl BlobFile {
     }
     /// Flush, returning (temporary path, hex sha256, size).
     pub fn finish(mut self) -> Result<(PathBuf, String, u64), BuildError> {
-        self.w.flush().map_err(|e| BuildError::io(&self.path, e))?;
-        let digest = hex::encode(self.hasher.clone().finalize());
+        let (tx, rx) = bounded(1);
+        self.send(WriterMsg::Finish(tx))?;
+        let digest = rx
+            .recv()
+            .map_err(|_| BuildError::Invalid("blob writer thread stopped".into()))?
+            .map_err(|e| BuildError::io(&self.path, e))?;
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         self.kept = true;
-        Ok((self.path.clone(), digest, self.pos))
+        Ok((self.path.clone(), hex::encode(digest), self.pos))
     }
     /// Discard the file.
     pub fn discard(self) {
@@ -268,9 +327,9 @@ impl Chunker {
             c.blob_index += DICT_BASE;
             c
         } else {
-            let (payload, compressed) = match &r.compressed {
-                Some(c) => (c.as_slice(), true),
-                None => (r.raw.as_slice(), false),
+            let (payload, compressed) = match r.compressed {
+                Some(c) => (c, true),
+                None => (r.raw, false),
             };
             let index = self.chunks.len() as u32;
             if index > crate::rafs::layout::MAX_CI_INDEX {
@@ -287,7 +346,7 @@ impl Chunker {
                 crc32: Some(r.crc),
                 digest: Some(r.digest),
             };
-            self.blob.write(payload)?;
+            self.blob.write_owned(payload)?;
             self.uncompressed_pos += if self.cfg.aligned {
                 crate::rafs::layout::round_up(u64::from(len), 4096)
             } else {
@@ -377,7 +436,8 @@ mod tests {
         assert_eq!(out.node_chunks[&1], out.node_chunks[&2]);
         assert_eq!(out.chunks[1].uncompressed_offset, 4096);
         assert_eq!(out.chunks[2].uncompressed_size, 1808);
-        assert_eq!(out.uncompressed_size, 8192 + 1808);
+        // Aligned: every chunk slot is rounded up to 4 KiB.
+        assert_eq!(out.uncompressed_size, 3 * 4096);
         out.blob.discard();
     }
 }

@@ -262,8 +262,7 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
             for n in order {
                 let node = &t.nodes[n];
                 if let DataSource::Path(p) = &node.source {
-                    let f = std::fs::File::open(p).map_err(|e| BuildError::io(p, e))?;
-                    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+                    let mut r = std::fs::File::open(p).map_err(|e| BuildError::io(p, e))?;
                     chunker.add_file(n, &mut r, node.size)?;
                     let mut extra = [0u8; 1];
                     if r.read(&mut extra).map_err(|e| BuildError::io(p, e))? != 0 {

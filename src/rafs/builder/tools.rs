@@ -33,8 +33,8 @@ impl InspectReport {
             j["inodes"], j["entries"], j["files"], j["dirs"], j["symlinks"], j["data_size"]
         ));
         s.push_str(&format!(
-            "chunk table entries {}\n",
-            j["chunk_table_entries"]
+            "chunk table entries {}  chunk references {}\n",
+            j["chunk_table_entries"], j["chunk_references"]
         ));
         if let Some(blobs) = j["blobs"].as_array() {
             for b in blobs {
@@ -43,6 +43,22 @@ impl InspectReport {
                     b["index"], b["blob_id"].as_str().unwrap_or(""), b["chunk_count"],
                     b["compressed_size"], b["uncompressed_size"],
                     b["compressor"].as_str().unwrap_or(""), b["features"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        if let Some(list) = j["inode_list"].as_array() {
+            s.push_str("inodes (ino mode uid:gid nlink size chunks path):\n");
+            for i in list {
+                s.push_str(&format!(
+                    "  {} {} {}:{} {} {} {} {}\n",
+                    i["ino"],
+                    i["mode"].as_str().unwrap_or(""),
+                    i["uid"],
+                    i["gid"],
+                    i["nlink"],
+                    i["size"],
+                    i["chunks"],
+                    i["path"].as_str().unwrap_or("")
                 ));
             }
         }
@@ -66,8 +82,23 @@ pub fn inspect(path: &Path) -> Result<InspectReport, BuildError> {
     let (mut entries, mut files, mut dirs, mut symlinks, mut data) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut inos = HashSet::new();
     let mut paths: HashMap<u64, String> = HashMap::new();
+    let mut inodes: Vec<serde_json::Value> = Vec::new();
+    let mut chunk_refs = 0u64;
     walk(&img, &mut |e| {
         entries += 1;
+        let a = e.attr;
+        let chunks = if a.mode & libc::S_IFMT == libc::S_IFREG {
+            img.file_chunks(a.ino, 0, a.size)?.len()
+        } else {
+            0
+        };
+        chunk_refs += chunks as u64;
+        inodes.push(serde_json::json!({
+            "path": String::from_utf8_lossy(&e.path), "ino": a.ino,
+            "mode": format!("{:o}", a.mode), "uid": a.uid, "gid": a.gid, "nlink": a.nlink,
+            "size": a.size, "rdev": a.rdev, "mtime": a.mtime, "mtime_nsec": a.mtime_nsec,
+            "chunks": chunks,
+        }));
         inos.insert(e.attr.ino);
         paths
             .entry(e.attr.ino)
@@ -115,6 +146,8 @@ pub fn inspect(path: &Path) -> Result<InspectReport, BuildError> {
         "inodes": inos.len(), "entries": entries, "files": files, "dirs": dirs,
         "symlinks": symlinks, "data_size": data,
         "chunk_table_entries": chunk_entries,
+        "chunk_references": chunk_refs,
+        "inode_list": inodes,
         "blobs": blobs, "prefetch": prefetch,
     });
     Ok(InspectReport { json })

@@ -1,0 +1,210 @@
+//! RAFS images mounted in the daemon's tree, at start-up (CLI) and at run time (API),
+//! checked through FUSE mode against the fixtures' tree manifests.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const FIXTURES: &str = "/work/shared/fixtures";
+
+fn fixture(name: &str) -> Option<PathBuf> {
+    let p = Path::new(FIXTURES).join("images").join(name);
+    if p.join("image.boot").exists() {
+        Some(p)
+    } else {
+        eprintln!("skipping: fixture {} not found", p.display());
+        None
+    }
+}
+
+/// The manifest of `dir`, without the root line (upstream stores mtime 0 for the root).
+fn manifest_of(dir: &Path) -> String {
+    let out = Command::new("python3")
+        .arg(Path::new(FIXTURES).join("../tools/treemanifest.py"))
+        .arg(dir)
+        .output()
+        .expect("run treemanifest.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    strip_root(&String::from_utf8(out.stdout).unwrap())
+}
+
+fn strip_root(m: &str) -> String {
+    m.lines()
+        .filter(|l| !l.starts_with(". "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn expected(tree: &str) -> String {
+    let p = Path::new(FIXTURES)
+        .join("manifests")
+        .join(format!("{tree}.manifest"));
+    strip_root(&std::fs::read_to_string(p).unwrap())
+}
+
+/// A v1 config reading the fixture's blobs, with the chunk cache in `cache` (never in the
+/// shared fixture directory).
+fn config_for(img: &Path, cache: &Path) -> String {
+    serde_json::json!({
+        "device": {
+            "backend": {"type": "localfs", "config": {"dir": img.join("blobs")}},
+            "cache": {"type": "blobcache", "config": {"work_dir": cache}}
+        },
+        "mode": "direct",
+        "digest_validate": true,
+        "enable_xattr": true
+    })
+    .to_string()
+}
+
+struct Fuse {
+    d: Option<Daemon>,
+    dir: tempfile::TempDir,
+}
+
+impl Fuse {
+    fn start(extra: &[&str]) -> Fuse {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let mnt = dir.path().join("mnt").display().to_string();
+        let api = dir.path().join("api.sock").display().to_string();
+        let mut args = vec![
+            "fuse",
+            "--mountpoint",
+            &mnt,
+            "--apisock",
+            &api,
+            "-l",
+            "warn",
+        ];
+        args.extend_from_slice(extra);
+        let d = Daemon::spawn(&args);
+        assert!(wait_running(
+            &dir.path().join("api.sock"),
+            Duration::from_secs(10)
+        ));
+        Fuse { d: Some(d), dir }
+    }
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+    fn api(&self) -> PathBuf {
+        self.dir.path().join("api.sock")
+    }
+}
+
+impl Drop for Fuse {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.d.take() {
+            if d.signal_and_wait(libc::SIGTERM, Duration::from_secs(5))
+                .is_none()
+            {
+                let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+            }
+        }
+    }
+}
+
+#[test]
+fn rafs_mounted_through_the_api_matches_its_manifest() {
+    let Some(img) = fixture("v6-zstd-64k-base") else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let f = Fuse::start(&[]);
+    let body = serde_json::json!({
+        "fs_type": "rafs",
+        "source": img.join("image.boot"),
+        "config": config_for(&img, cache.path()),
+    })
+    .to_string();
+    let r = http(
+        &f.api(),
+        "POST",
+        "/api/v1/mount?mountpoint=%2Frafs%2Fc1%2Flowerdir",
+        Some(&body),
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+
+    let lower = f.mnt().join("rafs/c1/lowerdir");
+    assert_eq!(manifest_of(&lower), expected("small"));
+
+    let info = http(&f.api(), "GET", "/api/v1/daemon", None).json();
+    let b = &info["backend_collection"]["/rafs/c1/lowerdir"];
+    assert_eq!(b["backend_type"], "Rafs");
+    assert_eq!(b["config"]["device"]["backend"]["type"], "localfs");
+    let m = http(&f.api(), "GET", "/api/v1/metrics", None).json();
+    let m = &m["/rafs/c1/lowerdir"];
+    assert!(m["read_bytes"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["backend"].is_object(), "RAFS metrics missing: {m}");
+
+    // A second mount at the same place is refused; DELETE leaves an empty dir.
+    let r = http(
+        &f.api(),
+        "POST",
+        "/api/v1/mount?mountpoint=/rafs/c1/lowerdir",
+        Some(&body),
+    );
+    assert_eq!(r.status, 409);
+    let r = http(
+        &f.api(),
+        "DELETE",
+        "/api/v1/mount?mountpoint=/rafs/c1/lowerdir",
+        None,
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(std::fs::read_dir(&lower).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_rafs_config_is_a_json_error() {
+    let Some(img) = fixture("v6-zstd-64k-base") else {
+        return;
+    };
+    let f = Fuse::start(&[]);
+    for config in ["{not json", r#"{"device":{"backend":{"type":"nope"}}}"#] {
+        let body = serde_json::json!({"fs_type": "rafs", "source": img.join("image.boot"), "config": config}).to_string();
+        let r = http(
+            &f.api(),
+            "POST",
+            "/api/v1/mount?mountpoint=/rafs/x/lowerdir",
+            Some(&body),
+        );
+        assert!(r.status >= 400, "config {config:?} accepted");
+        assert!(
+            r.json()["message"].as_str().unwrap().contains("config"),
+            "{:?}",
+            r.json()
+        );
+    }
+}
+
+#[test]
+fn standalone_bootstrap_at_virtual_mountpoint() {
+    let Some(img) = fixture("v5-zstd-64k") else {
+        return;
+    };
+    let cfgdir = tempfile::tempdir().unwrap();
+    let cfg = cfgdir.path().join("config.json");
+    std::fs::write(&cfg, config_for(&img, cfgdir.path())).unwrap();
+    let boot = img.join("image.boot").display().to_string();
+    let cfg = cfg.display().to_string();
+    let tree = std::fs::read_to_string(img.join("TREE")).unwrap();
+    let f = Fuse::start(&[
+        "--bootstrap",
+        &boot,
+        "--config",
+        &cfg,
+        "--virtual-mountpoint",
+        "/img",
+    ]);
+    assert_eq!(manifest_of(&f.mnt().join("img")), expected(tree.trim()));
+}
