@@ -682,3 +682,109 @@ fn chunk_dict_v5() {
         "v5 dict",
     );
 }
+
+/// `--blob-inline-meta` without `--features blob-toc`: the older per-layer shape with the
+/// bootstrap stored raw before a trailing `image.boot` tar header, no ToC.
+#[test]
+fn inline_meta_without_toc() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), random_bytes(100_000, 3)).unwrap();
+    let blob = t.path().join("layer.blob");
+    run(rafs_image()
+        .args(["create", "--blob-inline-meta", "--blob"])
+        .arg(&blob)
+        .arg(&src));
+    let data = std::fs::read(&blob).unwrap();
+    assert!(Toc::from_blob(&data, None).is_err(), "no ToC expected");
+    let boot = toc::extract_bootstrap(&data).unwrap();
+    // Stored raw: the tail of the blob is the bootstrap followed by its tar header.
+    assert_eq!(
+        &data[data.len() - 512 - boot.len()..data.len() - 512],
+        &boot[..]
+    );
+    let img = RafsImage::from_bytes(boot).unwrap();
+    let b = &img.blobs()[0];
+    assert_eq!(
+        b.features,
+        blob_features::CAP_TAR_TOC
+            | blob_features::HAS_TAR_HEADER
+            | blob_features::INLINED_FS_META
+            | blob_features::ALIGNED
+    );
+    run(rafs_image()
+        .arg("check")
+        .arg(&blob)
+        .arg("--blob")
+        .arg(&blob));
+}
+
+/// `--whiteout-spec overlayfs` with a parent: char 0:0 devices delete, and
+/// `trusted.overlay.opaque=y` makes a directory opaque.
+#[test]
+fn parent_with_overlayfs_whiteouts() {
+    let t = tempfile::tempdir().unwrap();
+    let lower = t.path().join("lower");
+    std::fs::create_dir_all(lower.join("d")).unwrap();
+    std::fs::write(lower.join("d/old"), b"old").unwrap();
+    std::fs::write(lower.join("gone"), b"gone").unwrap();
+    std::fs::write(lower.join("kept"), b"kept").unwrap();
+    let blobs = t.path().join("blobs");
+    let pboot = t.path().join("p.boot");
+    run(rafs_image()
+        .arg("create")
+        .arg("--bootstrap")
+        .arg(&pboot)
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg(&lower));
+    let upper = t.path().join("upper");
+    std::fs::create_dir_all(upper.join("d")).unwrap();
+    std::fs::write(upper.join("d/new"), b"new").unwrap();
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::ffi::CString::new(upper.join("d").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated strings and a 1-byte value buffer.
+        let r = unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                b"y".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        assert_eq!(r, 0, "setting trusted.* xattrs needs root");
+    }
+    run(Command::new("mknod")
+        .arg(upper.join("gone"))
+        .args(["c", "0", "0"]));
+    let boot = t.path().join("b.boot");
+    run(rafs_image()
+        .args([
+            "create",
+            "--whiteout-spec",
+            "overlayfs",
+            "--parent-bootstrap",
+        ])
+        .arg(&pboot)
+        .arg("--bootstrap")
+        .arg(&boot)
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg(&upper));
+    let img = RafsImage::open(&boot).unwrap();
+    assert!(img.lookup_path(b"/gone").unwrap().is_none());
+    assert!(img.lookup_path(b"/kept").unwrap().is_some());
+    assert!(img.lookup_path(b"/d/old").unwrap().is_none());
+    let d = img.lookup_path(b"/d").unwrap().unwrap();
+    assert!(img
+        .get_xattr(d.ino, b"trusted.overlay.opaque")
+        .unwrap()
+        .is_none());
+    let new = img.lookup_path(b"/d/new").unwrap().unwrap();
+    let m = image_manifest(&boot, &blobs, ManifestOptions::default());
+    assert!(m.contains("d/new f"), "{m}");
+    assert_eq!(new.size, 3);
+}

@@ -206,3 +206,53 @@ fn external_bootstraps_open() {
         assert_eq!(n, 2, ". and ..");
     }
 }
+
+/// Upstream writes only extended inodes; rewrite two of them in the compact form (same nid)
+/// and read them back: attrs from the 32-byte form (mtime 0, rdev 0) and the chunk-index
+/// array moved to follow the shorter inode.
+#[test]
+fn compact_inodes_read() {
+    use rafs_virtiofsd::rafs::layout::{InodeCompact, V6Inode};
+    use rafs_virtiofsd::rafs::manifest::file_sha256;
+    let dir = image_dir("v6-zstd-64k-base");
+    let mut b = std::fs::read(dir.join("image.boot")).unwrap();
+    let img = RafsImage::from_bytes(b.clone()).unwrap();
+    let meta = u64::from(img.v6_tables().unwrap().0.meta_blkaddr) * 4096;
+    for path in ["fifo", "d01/size_4097"] {
+        let a = img.lookup_path(path.as_bytes()).unwrap().unwrap();
+        let off = (meta + a.ino * 32) as usize;
+        let e = V6Inode::parse(&b[off..]).unwrap();
+        assert!(e.extended && e.i_xattr_icount == 0);
+        let c = InodeCompact {
+            i_format: e.i_format & !1,
+            i_xattr_icount: 0,
+            i_mode: e.i_mode,
+            i_nlink: e.i_nlink as u16,
+            i_size: e.i_size as u32,
+            i_u: e.i_u,
+            i_ino: e.i_ino,
+            i_uid: e.i_uid as u16,
+            i_gid: e.i_gid as u16,
+        };
+        if e.i_mode as u32 & libc::S_IFMT == libc::S_IFREG {
+            let n = e.i_size.div_ceil(u64::from(img.chunk_size())) as usize * 8;
+            b.copy_within(off + 64..off + 64 + n, off + 32);
+        }
+        c.write_to(&mut b[off..]);
+    }
+    let img2 = RafsImage::from_bytes(b).unwrap();
+    let fifo = img2.lookup_path(b"fifo").unwrap().unwrap();
+    assert_eq!(fifo.mode & libc::S_IFMT, libc::S_IFIFO);
+    assert_eq!((fifo.mtime, fifo.rdev), (0, 0));
+    let f = img2.lookup_path(b"d01/size_4097").unwrap().unwrap();
+    let orig = img.lookup_path(b"d01/size_4097").unwrap().unwrap();
+    assert_eq!(
+        (f.size, f.mode, f.uid % 65536, f.mtime),
+        (4097, orig.mode, orig.uid % 65536, 0)
+    );
+    let mut src = LocalBlobs::new(&dir.join("blobs"));
+    assert_eq!(
+        file_sha256(&img2, &f, &mut src).unwrap(),
+        file_sha256(&img, &orig, &mut src).unwrap()
+    );
+}

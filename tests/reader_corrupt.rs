@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rafs_virtiofsd::rafs::ci::{self, ChunkInfoArray};
 use rafs_virtiofsd::rafs::layout::*;
-use rafs_virtiofsd::rafs::manifest::{manifest, walk, LocalBlobs, ManifestOptions};
+use rafs_virtiofsd::rafs::manifest::{exercise_all, manifest, walk, LocalBlobs, ManifestOptions};
 use rafs_virtiofsd::rafs::{blob_features, codec, ChunkRef, Compressor, RafsError, RafsImage};
 
 fn fixture(name: &str) -> PathBuf {
@@ -587,37 +587,8 @@ fn v5_inode_table_and_chunk_corruptions() {
 // Sweeps
 // ------------------------------------------------------------------------------------------
 
-/// Exercise every read-side API on whatever opens; errors are fine, panics are not.
 fn exercise(img: &RafsImage) {
-    let _ = img.prefetch_inodes();
-    let _ = img.chunk_table();
-    let mut n = 0;
-    let _ = walk(img, &mut |e| {
-        n += 1;
-        if n > 10_000 {
-            return Err(RafsError::corrupt("too many"));
-        }
-        let a = &e.attr;
-        let _ = img.list_xattrs(a.ino);
-        let _ = img.get_xattr(a.ino, b"user.plain");
-        match a.mode & libc::S_IFMT {
-            libc::S_IFREG => {
-                let _ = img.file_chunks(a.ino, 0, a.size);
-                let _ = img.file_chunks(a.ino, a.size / 2, u64::MAX);
-            }
-            libc::S_IFLNK => {
-                let _ = img.readlink(a.ino);
-            }
-            libc::S_IFDIR => {
-                let _ = img.lookup(a.ino, b"..");
-                let _ = img.lookup(a.ino, b"zzzz");
-                let _ = img.readdir(a.ino, 3, &mut |_| true);
-                let _ = img.readdir(a.ino, 1 << 16, &mut |_| true);
-            }
-            _ => {}
-        }
-        Ok(())
-    });
+    exercise_all(img);
 }
 
 #[test]

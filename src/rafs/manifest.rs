@@ -522,3 +522,91 @@ impl ChunkSource for LocalBlobs {
         Ok(data)
     }
 }
+
+/// Call every read-side API over the whole tree of `img`, ignoring errors (for fuzzing and
+/// robustness sweeps: on a corrupt image it must return, never panic or hang). Stops after
+/// 100,000 entries.
+pub fn exercise_all(img: &RafsImage) {
+    let _ = img.prefetch_inodes();
+    let _ = img.chunk_table();
+    let _ = img.getattr(img.root_ino());
+    let mut n = 0u32;
+    let _ = walk(img, &mut |e| {
+        n += 1;
+        if n > 100_000 {
+            return Err(RafsError::corrupt("too many entries"));
+        }
+        let a = &e.attr;
+        let _ = img.list_xattrs(a.ino);
+        let _ = img.get_xattr(a.ino, b"user.plain");
+        let _ = img.get_xattr(a.ino, b"system.posix_acl_access");
+        match a.mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                let _ = img.file_chunks(a.ino, 0, a.size);
+                let _ = img.file_chunks(a.ino, a.size / 2, u64::MAX);
+            }
+            libc::S_IFLNK => {
+                let _ = img.readlink(a.ino);
+            }
+            libc::S_IFDIR => {
+                let _ = img.lookup(a.ino, b"..");
+                let _ = img.lookup(a.ino, b".");
+                let _ = img.lookup(a.ino, b"zzzz");
+                let _ = img.lookup(a.ino, b"");
+                let _ = img.readdir(a.ino, 3, &mut |_| true);
+                let _ = img.readdir(a.ino, 1 << 16, &mut |_| true);
+                let _ = img.readdir(a.ino, u64::MAX, &mut |_| true);
+            }
+            _ => {}
+        }
+        Ok(())
+    });
+}
+
+/// The ci/ToC fuzz harness: `data` is a 256-byte v6 blob-table entry followed by blob bytes.
+/// Runs the ToC, inlined-bootstrap, digest-array, ci-array and blob.meta parsers over it,
+/// ignoring errors (must return, never panic).
+pub fn exercise_blob(data: &[u8]) {
+    use super::layout::BlobTableEntry;
+    if data.len() < BlobTableEntry::SIZE {
+        let _ = toc::Toc::from_blob(data, None);
+        let _ = toc::extract_bootstrap(data);
+        return;
+    }
+    let (entry, blob) = data.split_at(BlobTableEntry::SIZE);
+    let Ok(e) = BlobTableEntry::parse(entry) else {
+        return;
+    };
+    if let Ok(boot) = toc::extract_bootstrap(blob) {
+        if let Ok(img) = RafsImage::from_bytes(boot) {
+            exercise_all(&img);
+        }
+    }
+    let Ok(info) = e.to_blob_info() else {
+        return;
+    };
+    // Bound allocations: a table entry may legitimately ask for up to 400 MB of ci.
+    if info.ci_uncompressed_size > 1 << 24 {
+        return;
+    }
+    if let Ok(t) = toc::Toc::from_blob(blob, Some(&info)) {
+        for e in &t.entries {
+            let _ = toc::Toc::read_entry(blob, e);
+        }
+    }
+    let digests = toc::chunk_digests(blob, &info);
+    for mut a in [
+        ChunkInfoArray::parse(&info, blob),
+        ChunkInfoArray::parse_blob_meta(&info, blob),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Ok(d) = &digests {
+            let _ = a.set_digests(d.clone());
+        }
+        for k in 0..a.len().min(4096) as u32 {
+            let _ = a.get(k);
+        }
+    }
+}

@@ -241,9 +241,6 @@ impl V6Meta {
         let mut devices = Vec::with_capacity(nblobs);
         for i in 0..nblobs {
             let d = DeviceSlot::parse(&b[dt.0 as usize + i * DeviceSlot::SIZE..])?;
-            if d.blocks == 0 {
-                return corrupt(format!("device slot {i} has 0 blocks"));
-            }
             if devices
                 .iter()
                 .any(|o: &DeviceSlot| o.tag_bytes() == d.tag_bytes())
@@ -262,6 +259,11 @@ impl V6Meta {
         for i in 0..nblobs {
             let e = BlobTableEntry::parse(&b[bt.0 as usize + i * BlobTableEntry::SIZE..])?;
             let info = validate_blob_entry(&e, i as u32, cs)?;
+            // nydusd rejects empty devices; a blob without chunks (an inlined bootstrap of a
+            // layer without file data) cannot be referenced, so it is tolerated there.
+            if devices[i].blocks == 0 && info.chunk_count > 0 {
+                return corrupt(format!("device slot {i} has 0 blocks"));
+            }
             blobs.push(info);
             blob_entries.push(e);
         }

@@ -297,7 +297,14 @@ pub(super) fn finish_build(
             table[i].compressed_size = blob.len();
         }
         bootstrap = write_bootstrap(opts, &tree, &table, flags, prefetch)?;
-        let (boot_comp, boot_bytes) = match codec::compress(Compressor::Zstd, &bootstrap)? {
+        // With a ToC the bootstrap is zstd-compressed (the ToC entry says so); without one
+        // (older `--blob-inline-meta` shape) it is stored raw, as readers expect.
+        let compressed = if opts.blob_toc {
+            codec::compress(Compressor::Zstd, &bootstrap)?
+        } else {
+            None
+        };
+        let (boot_comp, boot_bytes) = match compressed {
             Some(c) => (Compressor::Zstd, c),
             None => (Compressor::None, bootstrap.clone()),
         };
