@@ -205,7 +205,7 @@ const FUSE_GETATTR: u32 = 3;
 const FUSE_INIT: u32 = 26;
 
 struct Driver {
-    _fe: Frontend,
+    fe: Frontend,
     mem: Arc<Mem>,
     queues: Vec<Queue>,
     unique: u64,
@@ -213,6 +213,13 @@ struct Driver {
 
 impl Driver {
     fn connect(sock: &Path, mem: Arc<Mem>, nq: usize) -> Driver {
+        let mut d = Driver::connect_disabled(sock, mem, nq);
+        d.enable_all();
+        d
+    }
+
+    /// Sets everything up but leaves the rings disabled (no SET_VRING_ENABLE yet).
+    fn connect_disabled(sock: &Path, mem: Arc<Mem>, nq: usize) -> Driver {
         let mut fe = Frontend::connect(sock, nq as u64).unwrap();
         fe.set_owner().unwrap();
         let features = fe.get_features().unwrap();
@@ -260,14 +267,19 @@ impl Driver {
             fe.set_vring_base(i, 0).unwrap();
             fe.set_vring_call(i, &q.call).unwrap();
             fe.set_vring_kick(i, &q.kick).unwrap();
-            fe.set_vring_enable(i, true).unwrap();
             queues.push(q);
         }
         Driver {
-            _fe: fe,
+            fe,
             mem,
             queues,
             unique: 1,
+        }
+    }
+
+    fn enable_all(&mut self) {
+        for i in 0..self.queues.len() {
+            self.fe.set_vring_enable(i, true).unwrap();
         }
     }
 
@@ -469,4 +481,41 @@ impl BackendFileSystem for SlowFs {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// A guest kick can overtake the VMM's SET_VRING_ENABLE (it travels on its own eventfd).
+/// vhost-user-backend drops such a kick; the device's sweep must still serve the request.
+#[test]
+fn kick_before_vring_enable_is_not_lost() {
+    let tree = Arc::new(FsTree::new());
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vhost.sock");
+    let mut listener = vhost_user::listen(&sock).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = DeviceConfig {
+        num_request_queues: 1,
+        pool: None,
+    };
+    let server = {
+        let tree = tree.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || vhost_user::serve(&mut listener, tree, cfg, stop, &|_| {}))
+    };
+    let mem = Arc::new(Mem::new());
+    let mut drv = Driver::connect_disabled(&sock, mem.clone(), 2);
+    let mut body = Vec::new();
+    for v in [7u32, 31, 0x20000, 0] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    let (head, _, _) = drv.send(1, FUSE_INIT, 0, &body);
+    // Let the backend consume (and drop) the kick while the ring is still disabled.
+    std::thread::sleep(Duration::from_millis(300));
+    drv.enable_all();
+    let (id, _) = drv.queues[1]
+        .wait_used(&mem, Duration::from_secs(5))
+        .expect("FUSE_INIT sent before SET_VRING_ENABLE was never served");
+    assert_eq!(id, u32::from(head));
+    drop(drv);
+    stop.store(true, Ordering::Release);
+    server.join().unwrap().unwrap();
 }

@@ -28,12 +28,13 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::fs::vfs::{FsMetrics, FsTree};
 use pool::ThreadPool;
@@ -44,6 +45,8 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 pub const MAX_REQUEST_QUEUES: usize = 16;
 /// Index of the hiprio queue.
 const HIPRIO_QUEUE: usize = 0;
+/// How often each worker looks for buffers whose kick was lost (see [`VhostUserFsBackend::sweep`]).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Virtio feature bits offered: VERSION_1, RING_INDIRECT_DESC, RING_EVENT_IDX and
 /// VHOST_USER_F_PROTOCOL_FEATURES.
@@ -93,6 +96,8 @@ pub struct VhostUserFsBackend {
     mem: Mutex<Option<GuestMem>>,
     inflight: Arc<AtomicUsize>,
     exit_notifiers: Mutex<Vec<EventNotifier>>,
+    /// Per worker thread: the timer behind the lost-kick sweep.
+    sweep_timers: Mutex<Vec<TimerFd>>,
 }
 
 impl VhostUserFsBackend {
@@ -106,7 +111,68 @@ impl VhostUserFsBackend {
             mem: Mutex::new(None),
             inflight: Arc::new(AtomicUsize::new(0)),
             exit_notifiers: Mutex::new(Vec::new()),
+            sweep_timers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Epoll data of the sweep timer event (ids up to `num_queues()` belong to the library).
+    fn sweep_event(&self) -> u16 {
+        self.num_queues() as u16 + 1
+    }
+
+    /// Arms a periodic timer on every worker of `daemon` that runs [`Self::sweep`].
+    ///
+    /// vhost-user-backend 0.21 consumes and drops a kick that arrives before
+    /// SET_VRING_ENABLE has been handled, and enabling a ring does not look at it again. The
+    /// guest's kick travels on its own eventfd, so it can overtake the VMM's enable message
+    /// on the socket; the request would then wait forever (seen as a hung FUSE_INIT).
+    fn arm_sweep(&self, daemon: &VhostUserDaemon<Arc<VhostUserFsBackend>>) -> io::Result<()> {
+        let mut timers = Vec::new();
+        for h in daemon.get_epoll_handlers() {
+            let mut t = TimerFd::new()?;
+            t.reset(SWEEP_INTERVAL, Some(SWEEP_INTERVAL))?;
+            h.register_listener(t.as_raw_fd(), EventSet::IN, u64::from(self.sweep_event()))?;
+            timers.push(t);
+        }
+        *self.sweep_timers.lock().unwrap_or_else(|e| e.into_inner()) = timers;
+        Ok(())
+    }
+
+    /// Serves buffers that are waiting on a started ring although no kick is pending.
+    fn sweep(&self, thread_id: usize, vrings: &[Vring]) -> io::Result<()> {
+        if let Some(t) = self
+            .sweep_timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(thread_id)
+        {
+            // Readable (epoll said so): clears the expiration count without blocking.
+            t.wait()?;
+        }
+        let Some(mem) = self
+            .mem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.memory())
+        else {
+            return Ok(());
+        };
+        for vring in vrings {
+            let pending = {
+                let state = vring.get_ref();
+                let q = state.get_queue();
+                q.ready()
+                    && q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+                        .map(|i| i.0 != q.next_avail())
+                        .unwrap_or(false)
+            };
+            if pending {
+                log::debug!("vhost-user: worker {thread_id} serves buffers without a kick");
+                self.process_queue(thread_id, vring)?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits (up to `timeout`) until no request handed to the pool is still running.
@@ -276,6 +342,9 @@ impl VhostUserBackend for VhostUserFsBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        if device_event == self.sweep_event() {
+            return self.sweep(thread_id, vrings);
+        }
         if evset != EventSet::IN {
             return Err(io::Error::other(format!(
                 "unexpected event set {evset:?} on queue event {device_event}"
@@ -339,6 +408,7 @@ pub fn serve(
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new("rafs-virtiofsd".into(), backend.clone(), mem)
             .map_err(|e| VhostUserFsError::Daemon(e.to_string()))?;
+        backend.arm_sweep(&daemon)?;
         daemon
             .start(listener)
             .map_err(|e| VhostUserFsError::Daemon(e.to_string()))?;
