@@ -625,3 +625,21 @@ fn byte_flip_sweep_never_panics() {
         }
     }
 }
+
+#[test]
+fn dirent_type_disagreeing_with_inode() {
+    let b0 = base();
+    let img = open(b0.clone()).unwrap();
+    let root = img.root_ino();
+    let d = dir_data_off(&img, &b0, root);
+    // Entry 0 is "-dash", a regular file; claim it is a directory.
+    let mut b = b0.clone();
+    b[d + 10] = file_type::DIR;
+    let img = open(b.clone()).unwrap();
+    err_has(img.lookup(root, b"-dash"), "type");
+    err_has(walk(&img, &mut |_| Ok(())), "type");
+    // An unknown type is allowed (EROFS permits it).
+    b[d + 10] = file_type::UNKNOWN;
+    let img = open(b).unwrap();
+    assert!(img.lookup(root, b"-dash").unwrap().is_some());
+}

@@ -89,7 +89,7 @@ pub fn walk(img: &RafsImage, f: &mut dyn FnMut(&WalkEntry) -> Result<()>) -> Res
             let n = d.name;
             let attr = img.getattr(d.ino)?;
             let dt = super::layout::dt_of_file_type(super::layout::file_type_of_mode(attr.mode));
-            if d.file_type != dt {
+            if d.file_type != u32::from(libc::DT_UNKNOWN) && d.file_type != dt {
                 return Err(RafsError::corrupt(format!(
                     "entry {:?}: dirent type {} but inode {} has mode {:#o}",
                     String::from_utf8_lossy(&n),

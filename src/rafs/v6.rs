@@ -475,7 +475,8 @@ impl V6Meta {
         };
         let child = self.inode(b, d.nid)?;
         let ft = file_type_of_mode(u32::from(child.i.i_mode));
-        if d.file_type != ft {
+        // EROFS allows an unknown dirent type; any other must match the inode.
+        if d.file_type != file_type::UNKNOWN && d.file_type != ft {
             return corrupt(format!(
                 "directory {parent}: entry {:?} has type {} but inode {} is type {ft}",
                 String::from_utf8_lossy(name),
