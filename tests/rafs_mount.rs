@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use support::*;
 
-const FIXTURES: &str = "/work/shared/fixtures";
+/// In-repo copies of ../shared/fixtures.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture(name: &str) -> Option<PathBuf> {
     let p = Path::new(FIXTURES).join("images").join(name);
@@ -24,7 +25,10 @@ fn fixture(name: &str) -> Option<PathBuf> {
 /// The manifest of `dir`, without the root line (upstream stores mtime 0 for the root).
 fn manifest_of(dir: &Path) -> String {
     let out = Command::new("python3")
-        .arg(Path::new(FIXTURES).join("../tools/treemanifest.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/builder_tools/treemanifest.py"
+        ))
         .arg(dir)
         .output()
         .expect("run treemanifest.py");
@@ -207,4 +211,78 @@ fn standalone_bootstrap_at_virtual_mountpoint() {
         "/img",
     ]);
     assert_eq!(manifest_of(&f.mnt().join("img")), expected(tree.trim()));
+}
+
+/// nydusd's `/api/v1/metrics/backend` and `/api/v1/metrics/blobcache`, and Prometheus text on
+/// `/metrics`, after a real read through FUSE.
+#[test]
+fn backend_blobcache_and_prometheus_metrics() {
+    let Some(img) = fixture("v6-zstd-64k-base") else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let f = Fuse::start(&[]);
+    let body = serde_json::json!({
+        "fs_type": "rafs",
+        "source": img.join("image.boot"),
+        "config": config_for(&img, cache.path()),
+    })
+    .to_string();
+    let r = http(
+        &f.api(),
+        "POST",
+        "/api/v1/mount?mountpoint=/rafs/m1/lowerdir",
+        Some(&body),
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let data = std::fs::read(f.mnt().join("rafs/m1/lowerdir/big.bin")).unwrap();
+    assert_eq!(data.len(), 1_048_576);
+
+    // One RAFS instance: the object itself; `id` selects by mountpoint.
+    let b = http(&f.api(), "GET", "/api/v1/metrics/backend", None);
+    assert_eq!(b.status, 200);
+    let b = b.json();
+    assert_eq!(b["backend_type"], "localfs", "{b}");
+    assert!(b["read_count"].as_u64().unwrap() > 0, "{b}");
+    let by_id = http(
+        &f.api(),
+        "GET",
+        "/api/v1/metrics/backend?id=%2Frafs%2Fm1%2Flowerdir",
+        None,
+    )
+    .json();
+    assert_eq!(by_id["backend_type"], "localfs");
+    let missing = http(&f.api(), "GET", "/api/v1/metrics/backend?id=/nope", None);
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["message"].is_string());
+
+    let c = http(&f.api(), "GET", "/api/v1/metrics/blobcache", None);
+    assert_eq!(c.status, 200);
+    let c = c.json();
+    assert!(c["total"].as_u64().unwrap() > 0, "{c}");
+    assert!(c["underlying_files"].as_array().unwrap().len() == 1, "{c}");
+
+    let p = http(&f.api(), "GET", "/metrics", None);
+    assert_eq!(p.status, 200);
+    let text = String::from_utf8(p.body).unwrap();
+    let sample = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("mountpoint=\"/rafs/m1/lowerdir\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} sample in:\n{text}"))
+    };
+    assert!(
+        sample("rafs_virtiofsd_fs_read_bytes{") >= 1_048_576,
+        "{text}"
+    );
+    // The per-fs `backend` object holds RafsFs::metrics(), whose own `backend` is storage's.
+    assert!(
+        sample("rafs_virtiofsd_fs_backend_backend_read_count{") > 0,
+        "{text}"
+    );
+    assert!(
+        sample("rafs_virtiofsd_fs_backend_chunk_reads{") > 0,
+        "{text}"
+    );
 }

@@ -62,6 +62,8 @@ pub struct Response {
     pub status: u16,
     /// Body (JSON or empty).
     pub body: Vec<u8>,
+    /// Content type of a non-empty body.
+    pub content_type: &'static str,
 }
 
 impl Response {
@@ -70,6 +72,7 @@ impl Response {
         Response {
             status,
             body: serde_json::to_vec(v).unwrap_or_default(),
+            content_type: "application/json",
         }
     }
 
@@ -78,6 +81,16 @@ impl Response {
         Response {
             status,
             body: Vec::new(),
+            content_type: "application/json",
+        }
+    }
+
+    /// A text body with an explicit content type.
+    pub fn text(status: u16, body: String, content_type: &'static str) -> Self {
+        Response {
+            status,
+            body: body.into_bytes(),
+            content_type,
         }
     }
 }
@@ -251,7 +264,7 @@ pub fn write_response<W: Write>(w: &mut W, resp: &Response, close: bool) -> io::
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     if resp.status != 204 {
         if !resp.body.is_empty() {
-            head.push_str("Content-Type: application/json\r\n");
+            head.push_str(&format!("Content-Type: {}\r\n", resp.content_type));
         }
         head.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
     }

@@ -15,6 +15,7 @@
 //! Errors are `{"code": "...", "message": "..."}` with a 4xx/5xx status.
 
 pub mod http;
+pub mod prometheus;
 
 use std::io;
 use std::os::unix::net::UnixListener;
@@ -25,6 +26,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::fs::rafs::RafsFs;
 use crate::fs::vfs::{FsTree, FsType, MountError};
 use http::{Request, Response};
 
@@ -248,6 +250,31 @@ pub fn handle(ctx: &ApiContext, req: &Request) -> Response {
         }
         "/api/v1/metrics" => match method {
             "GET" => Response::json(200, &ctx.tree.metrics_json()),
+            _ => error(405, "METHOD_NOT_ALLOWED", format!("{method} not allowed")),
+        },
+        "/api/v1/metrics/backend" | "/api/v1/metrics/blobcache" => match method {
+            "GET" => {
+                let f = if req.path.ends_with("/backend") {
+                    RafsFs::backend_metrics
+                } else {
+                    RafsFs::blobcache_metrics
+                };
+                match ctx
+                    .tree
+                    .rafs_metrics_by(req.query_param("id").as_deref(), f)
+                {
+                    Ok(v) => Response::json(200, &v),
+                    Err(e) => mount_error(&e),
+                }
+            }
+            _ => error(405, "METHOD_NOT_ALLOWED", format!("{method} not allowed")),
+        },
+        "/metrics" => match method {
+            "GET" => Response::text(
+                200,
+                prometheus::render(&ctx.tree.metrics_json()),
+                prometheus::CONTENT_TYPE,
+            ),
             _ => error(405, "METHOD_NOT_ALLOWED", format!("{method} not allowed")),
         },
         other => error(404, "NOT_FOUND", format!("no such endpoint {other}")),

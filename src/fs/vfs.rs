@@ -436,6 +436,38 @@ impl FsTree {
     }
 }
 
+impl FsTree {
+    /// Metrics of RAFS instances as produced by `f`, for nydusd's `/api/v1/metrics/backend`
+    /// and `/api/v1/metrics/blobcache`. With `id` (a mountpoint) the one instance; without,
+    /// the only instance when there is one, else an object keyed by mountpoint.
+    pub fn rafs_metrics_by(
+        &self,
+        id: Option<&str>,
+        f: fn(&RafsFs) -> Value,
+    ) -> Result<Value, MountError> {
+        let mut all = serde_json::Map::new();
+        for r in self.mounts() {
+            if r.fs_type != FsType::Rafs || id.is_some_and(|i| i != r.mountpoint) {
+                continue;
+            }
+            if let Ok(Some((fs, _))) = self.vfs.get_rootfs(&r.mountpoint) {
+                if let Some(rafs) = fs.as_any().downcast_ref::<RafsFs>() {
+                    all.insert(r.mountpoint.clone(), f(rafs));
+                }
+            }
+        }
+        match (id, all.len()) {
+            (Some(i), 0) => Err(MountError::NotMounted(i.to_string())),
+            (_, 1) => Ok(all
+                .into_iter()
+                .next()
+                .map(|(_, v)| v)
+                .unwrap_or(Value::Null)),
+            _ => Ok(Value::Object(all)),
+        }
+    }
+}
+
 /// Filesystem-specific metrics (RAFS storage counters) if the backend offers them.
 fn backend_metrics(vfs: &Vfs, mountpoint: &str) -> Option<Value> {
     let (fs, _) = vfs.get_rootfs(mountpoint).ok()??;

@@ -304,6 +304,12 @@ impl Drop for Mounted {
 pub fn treemanifest() -> Option<PathBuf> {
     let p = std::env::var_os("TREEMANIFEST")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/tools/treemanifest.py"));
+        .unwrap_or_else(|| {
+            // In-repo copy of ../shared/tools/treemanifest.py.
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/builder_tools/treemanifest.py"
+            ))
+        });
     p.is_file().then_some(p)
 }
