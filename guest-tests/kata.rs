@@ -188,16 +188,25 @@ fn replay(rt: Runtime) {
         extras.push(parsed);
     }
 
+    // The guest assembles each rootfs with our nydus-overlayfs helper, given options shaped
+    // like the snapshotter's (extraoption= included) plus the ",dev,suid" mount.fuse adds.
+    let overlays: String = cids
+        .iter()
+        .zip(&extras)
+        .map(|(cid, eo)| {
+            let k = "/run/kata-containers/shared";
+            format!(
+                "    rv_check overlay-{cid} /bin/nydus-overlayfs overlay {k}/containers/{cid}/rootfs -o 'lowerdir={k}/rafs/{cid}/lowerdir,upperdir={k}/containers/{cid}/snapshotdir/fs,workdir={k}/containers/{cid}/snapshotdir/work,index=off,{},io.katacontainers.volume=x,dev,suid'\n",
+                encode_extra_option(eo)
+            )
+        })
+        .collect();
     let workload = format!(
         r#"
 K=/run/kata-containers/shared
 rv_check share-mounted sh -c "grep -q ' $K virtiofs ' /proc/mounts"
 if rv_sync create-containers; then
-  for cid in {c1} {c2}; do
-    R=$K/containers/$cid/rootfs
-    rv_check overlay-$cid mount -t overlay overlay -o upperdir=$K/containers/$cid/snapshotdir/fs,workdir=$K/containers/$cid/snapshotdir/work,lowerdir=$K/rafs/$cid/lowerdir,index=off $R
-  done
-  for cid in {c1} {c2}; do
+{overlays}  for cid in {c1} {c2}; do
     R=$K/containers/$cid/rootfs
     rv_data read-$cid "$(rvhelper sha256 $R/big.bin)"
     rv_check write-$cid sh -c "echo written-by-$cid > $R/out.txt && echo $cid >> $R/.hidden && rm $R/-dash"
@@ -214,9 +223,11 @@ else
 fi
 "#,
         c1 = cids[0],
-        c2 = cids[1]
+        c2 = cids[1],
+        overlays = overlays,
     );
     let mut cfg = VmConfig::new(Some(&daemon.sock), &workload);
+    cfg.add_host_binary("/bin/nydus-overlayfs", &overlayfs_bin());
     cfg.tag = "kataShared".into();
     cfg.mountpoint = "/run/kata-containers/shared".into();
     let mut api_log = Vec::new();

@@ -40,6 +40,11 @@ pub fn daemon_bin() -> PathBuf {
 }
 
 /// Path of the image builder built by cargo for this test.
+/// The nydus-overlayfs binary under test.
+pub fn overlayfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nydus-overlayfs"))
+}
+
 pub fn image_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rafs-image"))
 }
@@ -209,6 +214,28 @@ impl VmConfig {
                     .unwrap_or(180),
             ),
             mem_mib: 1024,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Put the host binary `host` at `guest_path` in the guest, with the shared libraries
+    /// `ldd` lists for it (the guest has no libc of its own).
+    pub fn add_host_binary(&mut self, guest_path: &str, host: &Path) {
+        let read = |p: &Path| fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        self.files.push((guest_path.to_string(), read(host), 0o755));
+        let out = run_cmd(Command::new("ldd").arg(host));
+        for line in out.lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = match line.split_once("=>") {
+                Some((_, rhs)) => rhs.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                if !self.files.iter().any(|(g, _, _)| g == p) {
+                    self.files.push((p.to_string(), read(Path::new(p)), 0o755));
+                }
+            }
         }
     }
 }
