@@ -1,0 +1,140 @@
+//! Benchmark (not a test): the same guest workload over virtio-fs served by rafs-virtiofsd and
+//! by upstream virtiofsd, each sharing the same host directory. Under TCG the guest's own
+//! speed is emulated, so the figures compared are the daemons': CPU time (utime + stime from
+//! /proc/PID/stat) spent on the workload, and RssAnon at its end.
+//!
+//! Run: `RV_UPSTREAM_VIRTIOFSD=/path/to/virtiofsd cargo bench --bench daemon_vs_virtiofsd`.
+//! Under `cargo test` (no `--bench` argument) it does nothing.
+
+mod harness;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use harness::*;
+
+const WORKLOAD: &str = r#"
+cd $RV_MNT/tree
+rv_data files "$(find . | wc -l)"
+rv_check walk sh -c 'ls -laR . > /dev/null'
+rv_check read-all sh -c 'find . -type f | while read -r f; do cat "$f" > /dev/null; done'
+rv_check write sh -c 'dd if=/dev/zero of=$RV_MNT/out.bin bs=1M count=64 2>/dev/null && sync'
+rv_check create-unlink sh -c 'mkdir -p $RV_MNT/many && i=0; while [ $i -lt 500 ]; do echo $i > $RV_MNT/many/f$i; i=$((i+1)); done; rm -rf $RV_MNT/many'
+rv_check rm-out rm -f $RV_MNT/out.bin
+"#;
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// utime + stime of `pid` in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / clk_tck()
+}
+
+fn rss_anon_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(p: &Path) {
+    for _ in 0..200 {
+        if p.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} did not appear", p.display());
+}
+
+struct Sample {
+    name: &'static str,
+    cpu: f64,
+    rss_kib: u64,
+    files: String,
+}
+
+fn run_one(name: &'static str, mut cmd: Command, sock: &Path) -> Sample {
+    let child = Killed(cmd.stderr(Stdio::null()).spawn().expect("spawn daemon"));
+    wait_for(sock);
+    let pid = child.0.id();
+    let before = cpu_seconds(pid);
+    let cfg = VmConfig::new(Some(sock), WORKLOAD);
+    let run = run_vm(&cfg, |_| false);
+    run.assert_ok(&["walk", "read-all", "write", "create-unlink", "rm-out"]);
+    Sample {
+        name,
+        cpu: cpu_seconds(pid) - before,
+        rss_kib: rss_anon_kib(pid),
+        files: run.data("files").to_string(),
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("daemon_vs_virtiofsd: a benchmark; run it with `cargo bench`");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    mktree(&share.join("tree"), 3, &["--big", "16", "--files", "3000"]);
+    let mut samples = Vec::new();
+
+    let sock = tmp.path().join("ours.sock");
+    let mut ours = Command::new(daemon_bin());
+    ours.args(["virtiofs", "--log-level", "warn", "--sock"])
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&share);
+    samples.push(run_one("rafs-virtiofsd", ours, &sock));
+
+    match std::env::var_os("RV_UPSTREAM_VIRTIOFSD").map(PathBuf::from) {
+        Some(bin) => {
+            let sock = tmp.path().join("vfsd.sock");
+            let mut peer = Command::new(bin);
+            let args: Vec<OsString> = vec![
+                "--socket-path".into(),
+                sock.clone().into(),
+                "--shared-dir".into(),
+                share.clone().into(),
+                "--sandbox".into(),
+                "none".into(),
+                "--xattr".into(),
+                "--cache".into(),
+                "auto".into(),
+            ];
+            peer.args(args);
+            samples.push(run_one("virtiofsd", peer, &sock));
+        }
+        None => println!("(set RV_UPSTREAM_VIRTIOFSD to compare with upstream virtiofsd)"),
+    }
+
+    println!("| daemon | entries | daemon CPU for the workload | RssAnon at end |");
+    println!("|---|---|---|---|");
+    for s in &samples {
+        println!(
+            "| {} | {} | {:.2} s | {} KiB |",
+            s.name, s.files, s.cpu, s.rss_kib
+        );
+    }
+}
