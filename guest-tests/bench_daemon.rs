@@ -41,7 +41,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn rss_anon_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
     s.lines()
         .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.split_whitespace().next())
@@ -79,13 +81,27 @@ fn run_one(name: &'static str, mut cmd: Command, sock: &Path) -> Sample {
     wait_for(sock);
     let pid = child.0.id();
     let before = cpu_seconds(pid);
-    let cfg = VmConfig::new(Some(sock), WORKLOAD);
-    let run = run_vm(&cfg, |_| false);
+    // Peak RssAnon, sampled while the guest runs (virtiofsd exits when the guest goes away).
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (run, peak) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_anon_kib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        let cfg = VmConfig::new(Some(sock), WORKLOAD);
+        let run = run_vm(&cfg, |_| false);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (run, sampler.join().unwrap())
+    });
     run.assert_ok(&["walk", "read-all", "write", "create-unlink", "rm-out"]);
     Sample {
         name,
         cpu: cpu_seconds(pid) - before,
-        rss_kib: rss_anon_kib(pid),
+        rss_kib: peak,
         files: run.data("files").to_string(),
     }
 }
@@ -129,7 +145,7 @@ fn main() {
         None => println!("(set RV_UPSTREAM_VIRTIOFSD to compare with upstream virtiofsd)"),
     }
 
-    println!("| daemon | entries | daemon CPU for the workload | RssAnon at end |");
+    println!("| daemon | entries | daemon CPU for the workload | peak RssAnon |");
     println!("|---|---|---|---|");
     for s in &samples {
         println!(
