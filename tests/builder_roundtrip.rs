@@ -3,37 +3,15 @@
 //! as the source, for v6 and v5, every compressor and digester. Also: determinism,
 //! `check` / `inspect` / `unpack`, and fsck.erofs on the v6 bootstrap when installed.
 
+#[path = "common/builder.rs"]
+mod builder_common;
+use builder_common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rafs_virtiofsd::rafs::manifest::{manifest, LocalBlobs, ManifestOptions};
+use rafs_virtiofsd::rafs::manifest::ManifestOptions;
 use rafs_virtiofsd::rafs::RafsImage;
-
-fn tools() -> PathBuf {
-    // Copies of ../shared/tools live in tests/builder_tools; fall back to
-    // the shared location.
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/builder_tools");
-    if local.join("mktree.py").exists() {
-        local
-    } else {
-        PathBuf::from("/work/shared/tools")
-    }
-}
-
-fn rafs_image() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rafs-image"))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn mktree(out: &Path, seed: u32, extra: &[&str]) {
     run(Command::new("python3")
@@ -41,36 +19,6 @@ fn mktree(out: &Path, seed: u32, extra: &[&str]) {
         .arg(out)
         .arg(seed.to_string())
         .args(extra));
-}
-
-fn source_manifest(dir: &Path, flags: &[&str]) -> String {
-    run(Command::new("python3")
-        .arg(tools().join("treemanifest.py"))
-        .arg(dir)
-        .args(flags))
-}
-
-fn image_manifest(boot: &Path, blobs: &Path, opts: ManifestOptions) -> String {
-    let img = RafsImage::open(boot).expect("open bootstrap");
-    let mut src = LocalBlobs::new(blobs);
-    let m = manifest(&img, opts, &mut src).expect("manifest");
-    assert!(src.crcs_checked + src.digests_checked > 0 || !m.contains(" f "));
-    m
-}
-
-fn assert_same(got: &str, want: &str, what: &str) {
-    if got != want {
-        for (a, b) in got.lines().zip(want.lines()) {
-            if a != b {
-                eprintln!("got:  {a}\nwant: {b}");
-            }
-        }
-        panic!(
-            "{what}: manifests differ ({} vs {} lines)",
-            got.lines().count(),
-            want.lines().count()
-        );
-    }
 }
 
 fn small_tree(dir: &Path) -> PathBuf {

@@ -12,6 +12,10 @@
 //! prints "SKIP" and passes. (Upstream `nydus-image unpack` panics with "not implemented" on
 //! v6 images, even upstream's own, so it is not used.)
 
+#[path = "common/builder.rs"]
+mod builder_common;
+use builder_common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,55 +30,6 @@ fn nydus_image() -> Option<PathBuf> {
             eprintln!("SKIP: set NYDUS_IMAGE to an upstream nydus-image binary to run this test");
             None
         }
-    }
-}
-
-fn tools() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/builder_tools")
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn rafs_image() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rafs-image"))
-}
-
-fn small_tree(out: &Path) {
-    run(Command::new("python3")
-        .arg(tools().join("mktree.py"))
-        .arg(out)
-        .arg("2")
-        .args(["--big", "1", "--files", "150", "--chunk", "65536"]));
-}
-
-fn source_manifest(dir: &Path, flags: &[&str]) -> String {
-    run(Command::new("python3")
-        .arg(tools().join("treemanifest.py"))
-        .arg(dir)
-        .args(flags))
-}
-
-fn assert_same(got: &str, want: &str, what: &str) {
-    if got != want {
-        for (a, b) in got.lines().zip(want.lines()) {
-            if a != b {
-                eprintln!("got:  {a}\nwant: {b}");
-            }
-        }
-        panic!(
-            "{what}: manifests differ ({} vs {} lines)",
-            got.lines().count(),
-            want.lines().count()
-        );
     }
 }
 
