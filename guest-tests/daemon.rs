@@ -419,19 +419,46 @@ rv_check still-serving sh -c "ls $D/many | grep -q f00000"
 }
 
 /// O_TMPFILE on the passthrough share (overlayfs uses it for copy-up when available).
+/// The daemon serves FUSE_TMPFILE itself (src/fs/tmpfile.rs); the guest writes the unnamed
+/// file and links it in with linkat(/proc/self/fd/N, AT_SYMLINK_FOLLOW).
 #[test]
-#[ignore = "gap: fuse-backend-rs 0.14 has no FUSE_TMPFILE (opcode 51) handler, so the guest gets EOPNOTSUPP; plan: serve the opcode in our transport with O_TMPFILE on the parent dir"]
 fn passthrough_supports_o_tmpfile() {
     let share = tempfile::tempdir().unwrap();
+    let h = share.path();
+    for d in ["lower", "upper", "work"] {
+        fs::create_dir_all(h.join(d)).unwrap();
+    }
+    fs::write(h.join("lower/big.txt"), b"lower data\n").unwrap();
     let daemon = Daemon::start(&[]);
-    daemon.mount("/containers", "passthrough_fs", share.path(), "");
-    let run = run_vm(
-        &VmConfig::new(
-            Some(&daemon.sock),
-            r#"rv_check tmpfile rvhelper tmpfile $RV_MNT/containers linked "tmp data""#,
-        ),
-        |_| false,
+    daemon.mount("/containers", "passthrough_fs", h, "");
+    // With tmpfile support the guest's overlayfs copies up through O_TMPFILE in the work dir
+    // instead of printing "upper fs does not support tmpfile" at mount.
+    let workload = r#"
+C=$RV_MNT/containers
+rv_check tmpfile rvhelper tmpfile $C linked "tmp data"
+mkdir -p /ov
+rv_check overlay mount -t overlay overlay -o lowerdir=$C/lower,upperdir=$C/upper,workdir=$C/work,index=off /ov
+rv_check overlay-uses-tmpfile sh -c '! dmesg | grep -q "does not support tmpfile"'
+rv_check copy-up sh -c 'echo more >> /ov/big.txt && [ "$(cat /ov/big.txt)" = "$(printf "lower data\nmore")" ]'
+rv_check overlay-umount umount /ov
+"#;
+    let run = run_vm(&VmConfig::new(Some(&daemon.sock), workload), |_| false);
+    run.assert_ok(&[
+        "tmpfile",
+        "overlay",
+        "overlay-uses-tmpfile",
+        "copy-up",
+        "overlay-umount",
+    ]);
+    assert_eq!(fs::read(h.join("linked")).unwrap(), b"tmp data");
+    assert_eq!(
+        fs::read(h.join("upper/big.txt")).unwrap(),
+        b"lower data\nmore\n"
     );
-    run.assert_ok(&["tmpfile"]);
-    assert_eq!(fs::read(share.path().join("linked")).unwrap(), b"tmp data");
+    assert_eq!(fs::read(h.join("lower/big.txt")).unwrap(), b"lower data\n");
+    // Nothing left behind in the work dir (its "work" subdirectory is overlayfs's own).
+    let leftovers: Vec<_> = fs::read_dir(h.join("work/work"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "work dir leftovers: {leftovers:?}");
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::thread;
 
 use crossbeam_channel::{bounded, Receiver};
-use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::FuseSession;
 
 use crate::api::{self, ApiContext, DaemonState};
@@ -266,7 +265,7 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
         api::start(a, ctx.clone())?;
     }
 
-    let server = Arc::new(Server::new(tree.vfs()));
+    let server = Arc::new(tree.dispatcher());
     let (done_tx, done_rx) = bounded::<()>(1);
     let nthreads = common.thread_pool_size.max(1);
     for i in 0..nthreads {

@@ -346,3 +346,121 @@ fn walking_many_files_does_not_pin_fds() {
         "fd count grew from {before} to {after} after looking up {n} inodes"
     );
 }
+
+fn open_tmpfile(dir: &Path, extra: i32) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE | extra)
+        .mode(0o640)
+        .open(dir)
+}
+
+fn link_fd(f: &std::fs::File, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let proc = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+    // SAFETY: valid NUL-terminated paths; the return value is checked.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc.as_ptr(),
+            libc::AT_FDCWD,
+            c(to).as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn fsetxattr(f: &std::fs::File, name: &str, val: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid fd, NUL-terminated name and a buffer of the given length.
+    let r =
+        unsafe { libc::fsetxattr(f.as_raw_fd(), n.as_ptr(), val.as_ptr().cast(), val.len(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn host_names(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// O_TMPFILE (FUSE_TMPFILE): an unnamed file in the share, written, given an xattr, then
+/// linked in (the overlayfs copy-up sequence), at the share root (mounted at "/") and in a
+/// subdirectory; an unlinked tmpfile leaves nothing on the host; O_EXCL ones cannot be linked.
+#[test]
+fn o_tmpfile_is_served_and_linkable() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileExt;
+    let share = tempfile::tempdir().unwrap();
+    let h = share.path();
+    std::fs::create_dir(h.join("sub")).unwrap();
+    let m = FuseMount::new(Some(h));
+    for (rel, host) in [("", h.to_path_buf()), ("sub", h.join("sub"))] {
+        let dir = m.p(rel);
+        let before = host_names(&host);
+        let mut f = open_tmpfile(&dir, 0).unwrap_or_else(|e| panic!("O_TMPFILE in {rel:?}: {e}"));
+        f.write_all(b"tmp data").unwrap();
+        f.sync_all().unwrap();
+        assert_eq!(f.metadata().unwrap().nlink(), 0, "a tmpfile has no name");
+        assert_eq!(f.metadata().unwrap().mode() & 0o7777, 0o640);
+        fsetxattr(&f, "user.origin", b"\x00\x01").unwrap();
+        assert_eq!(host_names(&host), before, "nothing named on the host yet");
+        link_fd(&f, &dir.join("linked")).unwrap();
+        assert_eq!(f.metadata().unwrap().nlink(), 1);
+        // The fd stays usable after the link, and the name shows its writes.
+        f.write_all_at(b"!", 8).unwrap();
+        f.sync_all().unwrap();
+        let mut s = String::new();
+        std::fs::File::open(dir.join("linked"))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "tmp data!");
+        drop(f);
+        assert_eq!(std::fs::read(host.join("linked")).unwrap(), b"tmp data!");
+        assert_eq!(
+            getxattr(&host.join("linked"), "user.origin").unwrap(),
+            b"\x00\x01"
+        );
+        let md = std::fs::metadata(host.join("linked")).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.nlink()), (0o640, 1));
+    }
+
+    // Closed without a link: gone, nothing left in the host dir.
+    let before = host_names(&h.join("sub"));
+    let mut f = open_tmpfile(&m.p("sub"), 0).unwrap();
+    f.write_all(b"scratch").unwrap();
+    drop(f);
+    assert_eq!(host_names(&h.join("sub")), before);
+
+    // O_TMPFILE | O_EXCL: never linkable.
+    let f = open_tmpfile(&m.p("sub"), libc::O_EXCL).unwrap();
+    let e = link_fd(&f, &m.p("sub/excl")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+    assert!(!h.join("sub/excl").exists());
+}
+
+/// O_TMPFILE where nothing writable is mounted (the read-only pseudo root) fails with EROFS,
+/// not EOPNOTSUPP, and leaves the daemon serving.
+#[test]
+fn o_tmpfile_on_read_only_tree_is_erofs() {
+    let m = FuseMount::new(None);
+    let e = open_tmpfile(&m.p(""), 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert!(std::fs::read_dir(m.p("")).is_ok());
+}

@@ -2,4 +2,5 @@
 pub mod mountroot;
 pub mod passthrough;
 pub mod rafs;
+pub mod tmpfile;
 pub mod vfs;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fuse_backend_rs::abi::fuse_abi::{FsOptions, InHeader, OutHeader};
+use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::MetricsHook;
 use fuse_backend_rs::api::{BackFileSystem, Vfs, VfsOptions};
 use parking_lot::Mutex;
@@ -20,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::passthrough::{new_passthrough, PassthroughError};
 use super::rafs::RafsFs;
+use super::tmpfile::{Dispatcher, TmpFiles};
 use crate::config::RafsConfig;
 
 /// Bits of a VFS inode number that select the backend filesystem (fuse-backend-rs layout).
@@ -287,7 +289,8 @@ pub fn redact_secrets(v: &mut Value) {
 /// The daemon's filesystem tree: the [`Vfs`] plus its mount table and counters.
 pub struct FsTree {
     vfs: Arc<Vfs>,
-    mounts: Mutex<BTreeMap<String, MountRecord>>,
+    mounts: Arc<Mutex<BTreeMap<String, MountRecord>>>,
+    tmpfiles: Arc<TmpFiles>,
     metrics: Arc<FsMetrics>,
 }
 
@@ -300,9 +303,12 @@ impl Default for FsTree {
 impl FsTree {
     /// An empty tree (just the pseudo root).
     pub fn new() -> Self {
+        let vfs = Arc::new(Vfs::new(vfs_options()));
+        let mounts = Arc::new(Mutex::new(BTreeMap::new()));
         FsTree {
-            vfs: Arc::new(Vfs::new(vfs_options())),
-            mounts: Mutex::new(BTreeMap::new()),
+            tmpfiles: Arc::new(TmpFiles::new(vfs.clone(), mounts.clone())),
+            vfs,
+            mounts,
             metrics: Arc::new(FsMetrics::new()),
         }
     }
@@ -310,6 +316,18 @@ impl FsTree {
     /// The VFS to hand to a fuse-backend-rs `Server`.
     pub fn vfs(&self) -> Arc<Vfs> {
         self.vfs.clone()
+    }
+
+    /// A request dispatcher for one connection: the VFS `Server` plus the O_TMPFILE files
+    /// (see [`super::tmpfile`]).
+    pub fn dispatcher(&self) -> Dispatcher {
+        Dispatcher::new(self.vfs.clone(), self.tmpfiles.clone())
+    }
+
+    /// Forgets the guest's FUSE session (inodes, handles, tmpfiles); mounts stay.
+    pub fn end_session(&self) {
+        FileSystem::destroy(&*self.vfs);
+        self.tmpfiles.clear();
     }
 
     /// The metrics hook to pass to `Server::handle_message`.

@@ -21,9 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::api::filesystem::FileSystem;
-use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::api::Vfs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
@@ -36,6 +33,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::fs::tmpfile::Dispatcher;
 use crate::fs::vfs::{FsMetrics, FsTree};
 use pool::ThreadPool;
 
@@ -89,7 +87,7 @@ pub struct DeviceConfig {
 
 /// Per-connection backend state.
 pub struct VhostUserFsBackend {
-    server: Arc<Server<Arc<Vfs>>>,
+    server: Arc<Dispatcher>,
     metrics: Arc<FsMetrics>,
     cfg: DeviceConfig,
     event_idx: AtomicBool,
@@ -104,7 +102,7 @@ impl VhostUserFsBackend {
     /// New backend state for one VMM connection, serving `tree`.
     pub fn new(tree: &FsTree, cfg: DeviceConfig) -> Self {
         VhostUserFsBackend {
-            server: Arc::new(Server::new(tree.vfs())),
+            server: Arc::new(tree.dispatcher()),
             metrics: tree.metrics_hook(),
             cfg,
             event_idx: AtomicBool::new(false),
@@ -250,7 +248,7 @@ impl VhostUserFsBackend {
 }
 
 /// Serves one FUSE request and completes its descriptor chain.
-fn handle_chain(server: &Server<Arc<Vfs>>, metrics: &FsMetrics, vring: &Vring, chain: Chain) {
+fn handle_chain(server: &Dispatcher, metrics: &FsMetrics, vring: &Vring, chain: Chain) {
     let head = chain.head_index();
     let mem = chain.memory();
     let len = match Reader::from_descriptor_chain(mem, chain.clone())
@@ -425,7 +423,7 @@ pub fn serve(
         }
         // Forget the guest's FUSE session (inodes, handles, INIT state) so that the next
         // VMM can send FUSE_INIT again. Mounts stay.
-        FileSystem::destroy(&*tree.vfs());
+        tree.end_session();
         on_connect(false);
         log::info!("vhost-user: listening for a new connection");
     }
