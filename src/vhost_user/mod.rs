@@ -15,7 +15,7 @@
 pub mod pool;
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,6 +94,10 @@ pub struct VhostUserFsBackend {
     mem: Mutex<Option<GuestMem>>,
     inflight: Arc<AtomicUsize>,
     exit_notifiers: Mutex<Vec<EventNotifier>>,
+    /// The consumer ends of the exit events. vhost-user-backend 0.21 takes them with
+    /// `into_raw_fd()` into its worker's epoll and never closes them; see
+    /// [`Self::close_exit_consumers`].
+    exit_consumers: Mutex<Vec<RawFd>>,
     /// Per worker thread: the timer behind the lost-kick sweep.
     sweep_timers: Mutex<Vec<TimerFd>>,
 }
@@ -109,6 +113,7 @@ impl VhostUserFsBackend {
             mem: Mutex::new(None),
             inflight: Arc::new(AtomicUsize::new(0)),
             exit_notifiers: Mutex::new(Vec::new()),
+            exit_consumers: Mutex::new(Vec::new()),
             sweep_timers: Mutex::new(Vec::new()),
         }
     }
@@ -181,6 +186,29 @@ impl VhostUserFsBackend {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Closes the exit-event fds the library leaked, once nothing of the library can use
+    /// them: `self` must be the only reference left (the daemon, its handler and the worker
+    /// epoll handlers, which hold clones of the backend, are all dropped and the workers
+    /// joined). Returns whether they were closed.
+    pub fn close_exit_consumers(self: &Arc<Self>) -> bool {
+        if Arc::strong_count(self) != 1 {
+            return false;
+        }
+        for fd in self
+            .exit_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            // SAFETY: `fd` came from our EventConsumer, whose ownership the library took
+            // with into_raw_fd() and never gave to any other owner; the epoll fd it was
+            // registered in is closed and no thread can wait on it (strong count 1), so
+            // this is the only close and nothing uses the number afterwards.
+            unsafe { libc::close(fd) };
         }
         true
     }
@@ -326,6 +354,10 @@ impl VhostUserBackend for VhostUserFsBackend {
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
         let keep = notifier.try_clone().ok()?;
+        self.exit_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
         self.exit_notifiers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -424,6 +456,12 @@ pub fn serve(
         // Forget the guest's FUSE session (inodes, handles, INIT state) so that the next
         // VMM can send FUSE_INIT again. Mounts stay.
         tree.end_session();
+        if !backend.close_exit_consumers() {
+            log::warn!(
+                "vhost-user: connection state still referenced; {} fds kept",
+                backend.num_queues()
+            );
+        }
         on_connect(false);
         log::info!("vhost-user: listening for a new connection");
     }
