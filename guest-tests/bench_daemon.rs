@@ -80,6 +80,28 @@ fn run_one(name: &'static str, mut cmd: Command, sock: &Path) -> Sample {
     let child = Killed(cmd.stderr(Stdio::null()).spawn().expect("spawn daemon"));
     wait_for(sock);
     let pid = child.0.id();
+    // RV_BENCH_PERF=DIR: sample the daemon with `perf record` (software cpu-clock) into
+    // DIR/NAME.perf.data, for `perf report`.
+    let perf = std::env::var_os("RV_BENCH_PERF").map(|dir| {
+        let out = Path::new(&dir).join(format!("{name}.perf.data"));
+        Killed(
+            Command::new("perf")
+                .args([
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock",
+                    "-g",
+                    "-p",
+                    &pid.to_string(),
+                    "-o",
+                ])
+                .arg(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn perf"),
+        )
+    });
     let before = cpu_seconds(pid);
     // Peak RssAnon, sampled while the guest runs (virtiofsd exits when the guest goes away).
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -98,9 +120,15 @@ fn run_one(name: &'static str, mut cmd: Command, sock: &Path) -> Sample {
         (run, sampler.join().unwrap())
     });
     run.assert_ok(&["walk", "read-all", "write", "create-unlink", "rm-out"]);
+    let cpu = cpu_seconds(pid) - before;
+    if let Some(mut p) = perf {
+        // SAFETY: plain kill(2) of our own child; SIGINT makes perf write its file and exit.
+        unsafe { libc::kill(p.0.id() as i32, libc::SIGINT) };
+        let _ = p.0.wait();
+    }
     Sample {
         name,
-        cpu: cpu_seconds(pid) - before,
+        cpu,
         rss_kib: peak,
         files: run.data("files").to_string(),
     }
@@ -122,6 +150,10 @@ fn main() {
         .arg(&sock)
         .arg("--shared-dir")
         .arg(&share);
+    // RV_BENCH_ARGS: extra daemon arguments, e.g. "--thread-pool-size 0".
+    if let Ok(extra) = std::env::var("RV_BENCH_ARGS") {
+        ours.args(extra.split_whitespace());
+    }
     samples.push(run_one("rafs-virtiofsd", ours, &sock));
 
     match std::env::var_os("RV_UPSTREAM_VIRTIOFSD").map(PathBuf::from) {

@@ -9,7 +9,8 @@ use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem};
+use fuse_backend_rs::abi::fuse_abi::OpenOptions;
+use fuse_backend_rs::api::filesystem::{Context, Entry, FileSystem, ZeroCopyWriter};
 use fuse_backend_rs::api::BackendFileSystem;
 use parking_lot::{Condvar, Mutex};
 use rafs_virtiofsd::fs::vfs::{FsTree, FsType};
@@ -203,6 +204,8 @@ fn out_header(mem: &Mem, gpa: u64) -> (u32, i32, u64) {
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_GETATTR: u32 = 3;
 const FUSE_INIT: u32 = 26;
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
 
 struct Driver {
     fe: Frontend,
@@ -370,13 +373,18 @@ fn fuse_over_virtqueues_parallel_and_reconnect() {
     let slow = drv.lookup(1, 1, "slow");
     let blocked = drv.lookup(1, slow, "blocked");
 
-    // GETATTR of "blocked" blocks in the backend until the gate opens.
-    let (slow_head, slow_rp, _) = drv.send(1, FUSE_GETATTR, blocked, &getattr_body());
+    // READ of "blocked" blocks in the backend until the gate opens.
+    let (err, rp) = drv.call(1, FUSE_OPEN, blocked, &[0u8; 8]);
+    assert_eq!(err, 0);
+    let fh = u64::from_le_bytes(mem.read(rp + 16, 8).try_into().unwrap());
+    let mut read_in = Vec::new();
+    read_in.extend_from_slice(&fh.to_le_bytes()); // fh
+    read_in.extend_from_slice(&0u64.to_le_bytes()); // offset
+    read_in.extend_from_slice(&4096u32.to_le_bytes()); // size
+    read_in.extend_from_slice(&[0u8; 20]); // read_flags, lock_owner, flags, padding
+    let (slow_head, slow_rp, _) = drv.send(1, FUSE_READ, blocked, &read_in);
     let early = drv.queues[1].wait_used(&mem, Duration::from_millis(300));
-    assert!(
-        early.is_none(),
-        "blocked GETATTR completed early: {early:?}"
-    );
+    assert!(early.is_none(), "blocked READ completed early: {early:?}");
     // Meanwhile other requests on the same queue and on the other queue complete.
     let (err, _) = drv.call(1, FUSE_GETATTR, hello, &getattr_body());
     assert_eq!(err, 0);
@@ -451,15 +459,41 @@ impl FileSystem for SlowFs {
     ) -> std::io::Result<(libc::stat64, Duration)> {
         match inode {
             1 => Ok((attr(1, libc::S_IFDIR | 0o755), Duration::ZERO)),
-            2 => {
-                let mut open = self.gate.0.lock();
-                while !*open {
-                    self.gate.1.wait(&mut open);
-                }
-                Ok((attr(2, libc::S_IFREG | 0o644), Duration::ZERO))
-            }
+            2 => Ok((attr(2, libc::S_IFREG | 0o644), Duration::ZERO)),
             _ => Err(std::io::Error::from_raw_os_error(libc::ENOENT)),
         }
+    }
+
+    fn open(
+        &self,
+        _: &Context,
+        _: u64,
+        _: u32,
+        _: u32,
+    ) -> std::io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        Ok((Some(7), OpenOptions::empty(), None))
+    }
+
+    /// READ of "blocked" waits for the gate, like a RAFS read waiting on a slow registry.
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &self,
+        _: &Context,
+        inode: u64,
+        _: u64,
+        w: &mut dyn ZeroCopyWriter,
+        _: u32,
+        _: u64,
+        _: Option<u64>,
+        _: u32,
+    ) -> std::io::Result<usize> {
+        if inode == 2 {
+            let mut open = self.gate.0.lock();
+            while !*open {
+                self.gate.1.wait(&mut open);
+            }
+        }
+        std::io::Write::write(w, b"slow")
     }
 }
 

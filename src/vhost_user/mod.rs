@@ -35,7 +35,9 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::fs::tmpfile::Dispatcher;
 use crate::fs::vfs::{FsMetrics, FsTree};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
 use pool::ThreadPool;
+use vm_memory::Bytes;
 
 /// Largest virtqueue size accepted (QEMU and cloud-hypervisor default to 1024).
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -262,7 +264,7 @@ impl VhostUserFsBackend {
         let metrics = self.metrics.clone();
         let vring = vring.clone();
         match (&self.cfg.pool, qidx) {
-            (Some(pool), q) if q != HIPRIO_QUEUE => {
+            (Some(pool), q) if q != HIPRIO_QUEUE && request_may_block(&chain) => {
                 let inflight = self.inflight.clone();
                 inflight.fetch_add(1, Ordering::AcqRel);
                 pool.execute(move || {
@@ -272,6 +274,37 @@ impl VhostUserFsBackend {
             }
             _ => handle_chain(&server, &metrics, &vring, chain),
         }
+    }
+}
+
+/// FUSE opcodes that may wait on storage: data transfer (a RAFS READ may wait for a
+/// registry fetch), syncs, truncating SETATTR, blocking locks. They run on the pool so they
+/// cannot stall the queue; everything else (lookups, getattr, readdir, xattrs, open,
+/// release, namespace changes: answered from the RAFS mmap or by one quick host syscall)
+/// runs inline on the queue's worker, which saves two thread switches per request.
+const POOLED_OPCODES: [Opcode; 8] = [
+    Opcode::Read,
+    Opcode::Write,
+    Opcode::Fsync,
+    Opcode::Fsyncdir,
+    Opcode::Setattr,
+    Opcode::Setlkw,
+    Opcode::Fallocate,
+    Opcode::CopyFileRange,
+];
+
+/// Whether the request in `chain` should go to the pool (see [`POOLED_OPCODES`]). A header
+/// that cannot be read is answered inline (with the server's error).
+fn request_may_block(chain: &Chain) -> bool {
+    let Some(desc) = chain.clone().next() else {
+        return false;
+    };
+    if desc.is_write_only() || (desc.len() as usize) < std::mem::size_of::<InHeader>() {
+        return false;
+    }
+    match chain.memory().read_obj::<InHeader>(desc.addr()) {
+        Ok(ih) => POOLED_OPCODES.iter().any(|&op| op as u32 == ih.opcode),
+        Err(_) => false,
     }
 }
 
