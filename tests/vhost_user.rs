@@ -330,6 +330,56 @@ fn getattr_body() -> Vec<u8> {
     vec![0u8; 16]
 }
 
+/// The daemon's accept loop on a fresh socket, in a thread.
+struct TestServer {
+    _dir: tempfile::TempDir,
+    sock: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), rafs_virtiofsd::vhost_user::VhostUserFsError>>,
+}
+
+impl TestServer {
+    fn start(
+        tree: &Arc<FsTree>,
+        num_request_queues: usize,
+        pool: usize,
+        on_connect: Box<dyn Fn(bool) + Send + Sync>,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vhost.sock");
+        let mut listener = vhost_user::listen(&sock).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = DeviceConfig {
+            num_request_queues,
+            pool: (pool > 0).then(|| ThreadPool::new("test-pool", pool).unwrap()),
+        };
+        let thread = {
+            let tree = tree.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                vhost_user::serve(&mut listener, tree, cfg, stop, &*on_connect)
+            })
+        };
+        TestServer {
+            _dir: dir,
+            sock,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stops the loop (no VMM connected) and checks it returns within 10 s without error.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let t0 = Instant::now();
+        while !self.thread.is_finished() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "serve did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.thread.join().unwrap().unwrap();
+    }
+}
+
 #[test]
 fn fuse_over_virtqueues_parallel_and_reconnect() {
     let share = tempfile::tempdir().unwrap();
@@ -351,19 +401,8 @@ fn fuse_over_virtqueues_parallel_and_reconnect() {
         "/slow",
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vhost.sock");
-    let mut listener = vhost_user::listen(&sock).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let cfg = DeviceConfig {
-        num_request_queues: 2,
-        pool: Some(ThreadPool::new("test-pool", 4).unwrap()),
-    };
-    let server = {
-        let tree = tree.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || vhost_user::serve(&mut listener, tree, cfg, stop, &|_| {}))
-    };
+    let srv = TestServer::start(&tree, 2, 4, Box::new(|_| {}));
+    let sock = srv.sock.clone();
 
     let mem = Arc::new(Mem::new());
     let mut drv = Driver::connect(&sock, mem.clone(), 3);
@@ -408,13 +447,7 @@ fn fuse_over_virtqueues_parallel_and_reconnect() {
     drv2.lookup(2, containers, "hello");
     drop(drv2);
 
-    stop.store(true, Ordering::Release);
-    let t0 = Instant::now();
-    while !server.is_finished() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "serve did not stop");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    server.join().unwrap().unwrap();
+    srv.stop();
 }
 
 /// A backend whose GETATTR of inode 2 waits for a gate: stands in for a RAFS read
@@ -522,19 +555,8 @@ impl BackendFileSystem for SlowFs {
 #[test]
 fn kick_before_vring_enable_is_not_lost() {
     let tree = Arc::new(FsTree::new());
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vhost.sock");
-    let mut listener = vhost_user::listen(&sock).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let cfg = DeviceConfig {
-        num_request_queues: 1,
-        pool: None,
-    };
-    let server = {
-        let tree = tree.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || vhost_user::serve(&mut listener, tree, cfg, stop, &|_| {}))
-    };
+    let srv = TestServer::start(&tree, 1, 0, Box::new(|_| {}));
+    let sock = srv.sock.clone();
     let mem = Arc::new(Mem::new());
     let mut drv = Driver::connect_disabled(&sock, mem.clone(), 2);
     let mut body = Vec::new();
@@ -550,8 +572,7 @@ fn kick_before_vring_enable_is_not_lost() {
         .expect("FUSE_INIT sent before SET_VRING_ENABLE was never served");
     assert_eq!(id, u32::from(head));
     drop(drv);
-    stop.store(true, Ordering::Release);
-    server.join().unwrap().unwrap();
+    srv.stop();
 }
 
 fn open_fds() -> usize {
@@ -579,24 +600,17 @@ fn reconnects_do_not_leak_fds() {
         "/rafs/img",
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vhost.sock");
-    let mut listener = vhost_user::listen(&sock).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let cfg = DeviceConfig {
-        num_request_queues: 2,
-        pool: Some(ThreadPool::new("test-pool", 2).unwrap()),
-    };
     let (tx, rx) = std::sync::mpsc::channel::<bool>();
-    let server = {
-        let tree = tree.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            vhost_user::serve(&mut listener, tree, cfg, stop, &move |c| {
-                let _ = tx.send(c);
-            })
-        })
-    };
+    let tx = Mutex::new(tx);
+    let srv = TestServer::start(
+        &tree,
+        2,
+        2,
+        Box::new(move |c| {
+            let _ = tx.lock().send(c);
+        }),
+    );
+    let sock = srv.sock.clone();
     let round = |n: usize| {
         for _ in 0..n {
             let mem = Arc::new(Mem::new());
@@ -620,11 +634,5 @@ fn reconnects_do_not_leak_fds() {
         after_many <= after_warmup + 2,
         "fds grew from {after_warmup} to {after_many} over 20 reconnects"
     );
-    stop.store(true, Ordering::Release);
-    let t0 = Instant::now();
-    while !server.is_finished() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "serve did not stop");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    server.join().unwrap().unwrap();
+    srv.stop();
 }
