@@ -67,6 +67,35 @@ fn real_registry_range_reads() {
     assert_eq!(m["read_errors"], 1);
 }
 
+/// https with `skip_verify`: a registry with a self-signed certificate is read only when
+/// verification is skipped; otherwise the read fails fast with a certificate error.
+#[test]
+fn https_registry_self_signed_needs_skip_verify() {
+    let reg = Registry::start_tls();
+    let data = pseudo_random(200_000, 11);
+    let id = reg.push_blob("test/tls", &data);
+    let mut o = opts(&reg.host(), "test/tls");
+    o.scheme = "https".into();
+    o.skip_verify = true;
+    let be = RegistryBackend::new(o.clone()).unwrap();
+    let mut buf = vec![0u8; 5000];
+    be.read_range(&id, 1000, &mut buf).unwrap();
+    assert_eq!(buf, data[1000..6000]);
+    assert_eq!(reg.served_bytes(&id), 5000);
+
+    o.skip_verify = false;
+    let be = RegistryBackend::new(o.clone()).unwrap();
+    let t0 = Instant::now();
+    let e = be.read_range(&id, 0, &mut buf).unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let msg = format!("{e}");
+    assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+    // Plain http against the https port is an error too, not a hang.
+    o.scheme = "http".into();
+    let be = RegistryBackend::new(o).unwrap();
+    assert!(be.read_range(&id, 0, &mut buf).is_err());
+}
+
 #[test]
 fn real_registry_basic_auth() {
     let reg = Registry::start(Some(("alice", "s3cret")));

@@ -274,6 +274,22 @@ fn build_client(opts: &RegistryOptions, proxy: Option<&str>) -> Result<reqwest::
         .map_err(|e| StorageError::Backend(format!("http client: {e}")))
 }
 
+/// `e` and its sources, e.g. "error sending request ...: client error (Connect): invalid
+/// peer certificate: UnknownIssuer" (reqwest's own message stops at the first).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 fn with_scheme(host: &str, scheme: &str) -> String {
     if host.contains("://") {
         host.trim_end_matches('/').to_string()
@@ -496,10 +512,17 @@ impl Inner {
                 }
             }
             let resp = req.send().await.map_err(|e| {
+                let msg = error_chain(&e);
                 if e.is_timeout() {
-                    Failure::Transient(format!("timed out: {e}"))
+                    Failure::Transient(format!("timed out: {msg}"))
+                } else if msg.contains("certificate") {
+                    // TLS verification does not get better by retrying.
+                    Failure::Fatal(StorageError::Backend(format!(
+                        "blob {blob_id}: {msg} (set skip_verify for a registry with a \
+                         self-signed certificate)"
+                    )))
                 } else {
-                    Failure::Transient(format!("request failed: {e}"))
+                    Failure::Transient(format!("request failed: {msg}"))
                 }
             })?;
             let status = resp.status();

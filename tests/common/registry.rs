@@ -28,11 +28,24 @@ pub struct Registry {
     pub log: PathBuf,
     /// `user:password` when htpasswd auth is on.
     pub basic: Option<(String, String)>,
+    /// The self-signed certificate (PEM) when the registry serves https.
+    pub tls_cert: Option<PathBuf>,
 }
 
 impl Registry {
     /// Start a registry; with `basic`, htpasswd (bcrypt via `htpasswd -B`) auth is on.
     pub fn start(basic: Option<(&str, &str)>) -> Registry {
+        Self::start_with(basic, false)
+    }
+
+    /// Start a registry serving https with a fresh self-signed certificate for 127.0.0.1
+    /// (made with the `openssl` CLI).
+    #[allow(dead_code)]
+    pub fn start_tls() -> Registry {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(basic: Option<(&str, &str)>, tls: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut auth = String::new();
@@ -49,11 +62,41 @@ impl Registry {
                 htp.display()
             );
         }
+        let mut tls_cert = None;
+        let mut tls_cfg = String::new();
+        if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let st = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is needed; hack/setup.sh installs it");
+            assert!(st.success(), "openssl req failed");
+            tls_cfg = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            tls_cert = Some(cert);
+        }
         let cfg = dir.path().join("config.yml");
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_cfg}{auth}",
                 dir.path().join("data").display()
             ),
         )
@@ -72,6 +115,7 @@ impl Registry {
             dir,
             log,
             basic: basic.map(|(u, p)| (u.to_string(), p.to_string())),
+            tls_cert,
         };
         let t0 = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -101,6 +145,9 @@ impl Registry {
 
     /// Push `data` as a blob of `repo` (monolithic upload); returns its hex sha256.
     pub fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        if self.tls_cert.is_some() {
+            return self.push_blob_curl(repo, data);
+        }
         let hexd = hex::encode(sha2::Sha256::digest(data));
         let auth = self.auth_header();
         let (status, headers, _) = http(
@@ -134,6 +181,69 @@ impl Registry {
             "upload put: {}",
             String::from_utf8_lossy(&body)
         );
+        hexd
+    }
+
+    /// The https form of [`Self::push_blob`], through `curl --cacert`.
+    fn push_blob_curl(&self, repo: &str, data: &[u8]) -> String {
+        let hexd = hex::encode(sha2::Sha256::digest(data));
+        let cert = self.tls_cert.as_ref().unwrap();
+        let base = format!("https://{}", self.host());
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                "POST",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "--cacert",
+            ])
+            .arg(cert)
+            .arg(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .output()
+            .expect("curl is needed; hack/setup.sh installs it");
+        let head = String::from_utf8_lossy(&out.stdout);
+        let loc = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("location")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no Location in {head}"));
+        let url = if loc.starts_with("http") {
+            loc
+        } else {
+            format!("{base}{loc}")
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let file = self.dir.path().join("push.bin");
+        std::fs::write(&file, data).unwrap();
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                "PUT",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+            ])
+            .arg(cert)
+            .args([
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("{url}{sep}digest=sha256:{hexd}"))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.trim_end().ends_with("201"), "upload put: {body}");
         hexd
     }
 
