@@ -493,3 +493,71 @@ fn sequential_reads_trigger_readahead_random_ones_do_not() {
     assert_eq!(fs2.metrics()["readahead_chunks"], 0);
     assert_eq!(chunk_fetches(&fs2), 4);
 }
+
+/// The last regular file (with data) in the order prefetch walks the tree.
+fn last_in_prefetch_order(img: &RafsImage) -> (u64, u64) {
+    let mut last = None;
+    let mut stack = vec![img.root_ino()];
+    // Depth first, children in readdir order, as prefetch collects them.
+    fn walk(img: &RafsImage, ino: u64, last: &mut Option<(u64, u64)>) {
+        let a = img.getattr(ino).unwrap();
+        match a.mode & libc::S_IFMT {
+            libc::S_IFREG if a.size > 0 => *last = Some((ino, a.size)),
+            libc::S_IFDIR => {
+                let mut kids = Vec::new();
+                img.readdir(ino, 0, &mut |e| {
+                    if e.name != b"." && e.name != b".." {
+                        kids.push(e.ino);
+                    }
+                    true
+                })
+                .unwrap();
+                for k in kids {
+                    walk(img, k, last);
+                }
+            }
+            _ => {}
+        }
+    }
+    while let Some(i) = stack.pop() {
+        walk(img, i, &mut last);
+    }
+    last.expect("a file with data")
+}
+
+/// Prefetch runs behind a slow bandwidth limit; an on-demand read of the file prefetch would
+/// reach last is served at once (the reader fetches its chunks itself instead of waiting in
+/// the prefetch queue), and prefetch, when it gets there, finds them cached: every chunk is
+/// fetched once.
+#[test]
+fn on_demand_read_does_not_wait_behind_prefetch() {
+    let name = "v6-zstd-64k-base";
+    let d = image_dir(name);
+    let img = RafsImage::open(&d.join("image.boot")).unwrap();
+    let n = img.blobs()[0].chunk_count as u64;
+    let (ino, size) = last_in_prefetch_order(&img);
+    let want = read_all(&open(name, false), ino, size, 1 << 16).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = cached_config(&d.join("blobs"), work.path(), 0);
+    cfg.fs_prefetch.enable = true;
+    cfg.fs_prefetch.prefetch_all = true;
+    cfg.fs_prefetch.threads_count = 1;
+    // 512 KiB/s (of decompressed chunk data): prefetch of the whole image takes seconds.
+    cfg.fs_prefetch.bandwidth_rate = 512 << 10;
+    let fs = RafsFs::open(&d.join("image.boot"), &cfg).unwrap();
+    assert!(wait_for(|| chunk_fetches(&fs) >= 1));
+    let got = read_all(&fs, ino, size, 1 << 16).unwrap();
+    let at_read = chunk_fetches(&fs);
+    assert_eq!(got, want);
+    assert!(
+        at_read < n / 2,
+        "the read waited for prefetch: {at_read} of {n} chunks fetched when it returned"
+    );
+    assert!(
+        wait_for(|| chunk_fetches(&fs) >= n),
+        "prefetch fetched {} of {n}",
+        chunk_fetches(&fs)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(chunk_fetches(&fs), n, "a chunk was fetched twice");
+}
