@@ -738,3 +738,178 @@ fn parent_with_overlayfs_whiteouts() {
     assert!(m.contains("d/new f"), "{m}");
     assert_eq!(new.size, 3);
 }
+
+/// `merge --chunk-dict`, as nydus-image: per-layer blobs built against a chunk dictionary
+/// reference the dictionary's blob as well as their own; the per-layer flags name each
+/// layer's own blob, the dictionary's blob stays as it is, chunks keep pointing at it, and
+/// the merged image reads back right from the dictionary's blob plus the layer blobs.
+/// A dictionary of another chunk size, or a layer with two own blobs, is refused.
+#[test]
+fn merge_with_chunk_dict() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| t.path().join(n);
+    let a = p("a");
+    std::fs::create_dir(&a).unwrap();
+    for i in 0..8 {
+        std::fs::write(a.join(format!("f{i}")), random_bytes(65536, i + 1)).unwrap();
+    }
+    let dict = p("dict.boot");
+    let blobs = p("blobs");
+    run(rafs_image()
+        .args(["create", "--chunk-size", "0x10000", "--bootstrap"])
+        .arg(&dict)
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg(&a));
+    let dict_id = RafsImage::open(&dict).unwrap().blobs()[0].blob_id.clone();
+    let dict_arg = format!("bootstrap={}", dict.display());
+
+    // Layer 1 shares all of a's data and adds a file; layer 2 adds one and deletes one.
+    let l1 = p("l1");
+    std::fs::create_dir(&l1).unwrap();
+    for i in 0..8 {
+        std::fs::write(l1.join(format!("g{i}")), random_bytes(65536, i + 1)).unwrap();
+    }
+    std::fs::write(l1.join("new1"), random_bytes(65536, 101)).unwrap();
+    let l2 = p("l2");
+    std::fs::create_dir(&l2).unwrap();
+    std::fs::write(l2.join("new2"), random_bytes(65536, 102)).unwrap();
+    std::fs::write(l2.join("copy"), random_bytes(65536, 3)).unwrap();
+    std::fs::write(l2.join(".wh.g0"), b"").unwrap();
+    let mut boots = Vec::new();
+    let mut digests = Vec::new();
+    for (i, l) in [&l1, &l2].iter().enumerate() {
+        let tar = p(&format!("l{i}.tar"));
+        mktar(l, &tar);
+        let blob = p(&format!("l{i}.blob"));
+        run(rafs_image()
+            .args([
+                "create",
+                "-t",
+                "tar-rafs",
+                "--blob-inline-meta",
+                "--features",
+            ])
+            .args([
+                "blob-toc",
+                "--whiteout-spec",
+                "none",
+                "--chunk-size",
+                "0x10000",
+            ])
+            .arg("--chunk-dict")
+            .arg(&dict_arg)
+            .arg("--blob")
+            .arg(&blob)
+            .arg(&tar));
+        let boot = toc::extract_bootstrap(&std::fs::read(&blob).unwrap()).unwrap();
+        let img = RafsImage::from_bytes(boot.clone()).unwrap();
+        let ids: Vec<&str> = img.blobs().iter().map(|b| b.blob_id.as_str()).collect();
+        assert_eq!(ids, [dict_id.as_str(), &"x".repeat(64)], "layer {i}");
+        let bp = p(&format!("l{i}.boot"));
+        std::fs::write(&bp, &boot).unwrap();
+        boots.push(bp);
+        let d = sha256_file(&blob);
+        std::fs::copy(&blob, blobs.join(&d)).unwrap();
+        digests.push(d);
+    }
+    let digest_arg = digests
+        .iter()
+        .map(|d| format!("sha256:{d}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let merged = p("merged.boot");
+    run(rafs_image()
+        .args(["merge", "--chunk-dict"])
+        .arg(&dict_arg)
+        .arg("--bootstrap")
+        .arg(&merged)
+        .arg("--blob-digests")
+        .arg(&digest_arg)
+        .args(&boots));
+    let img = RafsImage::open(&merged).unwrap();
+    let ids: Vec<&str> = img.blobs().iter().map(|b| b.blob_id.as_str()).collect();
+    assert_eq!(ids, [dict_id.as_str(), &digests[0], &digests[1]]);
+    let exp = p("exp");
+    cp_tree(&l1, &exp);
+    std::fs::remove_file(exp.join("g0")).unwrap();
+    for f in ["new2", "copy"] {
+        cp_tree(&l2.join(f), &exp.join(f));
+    }
+    run(Command::new("touch").arg("-h").arg("-r").arg(&l2).arg(&exp));
+    std::fs::set_permissions(&exp, std::fs::metadata(&l2).unwrap().permissions()).unwrap();
+    let opts = ManifestOptions {
+        mtime_sec: true,
+        no_owner: true,
+        ..Default::default()
+    };
+    assert_same(
+        &image_manifest(&merged, &blobs, opts),
+        &source_manifest(&exp, &["--mtime-sec", "--no-owner"]),
+        "merged with chunk dict",
+    );
+    run(rafs_image()
+        .arg("check")
+        .arg(&merged)
+        .arg("--blob-dir")
+        .arg(&blobs));
+
+    // A layer with its own separate blob: --blob-digests renames that blob (not the
+    // dictionary's), which needs --chunk-dict to tell the two apart.
+    let sep = p("sep.boot");
+    run(rafs_image()
+        .args(["create", "--chunk-size", "0x10000", "--chunk-dict"])
+        .arg(&dict_arg)
+        .arg("--bootstrap")
+        .arg(&sep)
+        .arg("--blob-dir")
+        .arg(p("sepblobs"))
+        .arg(&l1));
+    let renamed = "ab".repeat(32);
+    let merge_sep = |with_dict: bool| {
+        let mut c = rafs_image();
+        c.arg("merge");
+        if with_dict {
+            c.arg("--chunk-dict").arg(&dict_arg);
+        }
+        c.arg("--bootstrap")
+            .arg(p("sep-merged.boot"))
+            .arg("--blob-digests")
+            .arg(format!("sha256:{renamed}"))
+            .arg(&sep)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let out = merge_sep(false);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--chunk-dict"), "{err}");
+    assert!(merge_sep(true).status.success());
+    let img = RafsImage::open(&p("sep-merged.boot")).unwrap();
+    let ids: Vec<&str> = img.blobs().iter().map(|b| b.blob_id.as_str()).collect();
+    assert_eq!(ids, [dict_id.as_str(), renamed.as_str()]);
+
+    // A dictionary of another chunk size is refused, naming the chunk size.
+    let dict2 = p("dict2.boot");
+    run(rafs_image()
+        .args(["create", "--chunk-size", "0x20000", "--bootstrap"])
+        .arg(&dict2)
+        .arg("--blob-dir")
+        .arg(p("blobs2"))
+        .arg(&a));
+    let out = rafs_image()
+        .args(["merge", "--chunk-dict"])
+        .arg(format!("bootstrap={}", dict2.display()))
+        .arg("--bootstrap")
+        .arg(p("bad.boot"))
+        .arg("--blob-digests")
+        .arg(&digest_arg)
+        .args(&boots)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chunk size"), "{err}");
+}

@@ -177,8 +177,34 @@ pub fn merge(o: &MergeOptions) -> Result<MergeOutput, BuildError> {
     }
     let mut merged = Tree::new();
     let mut table: Vec<BlobTableEntry> = Vec::new();
+    // With --chunk-dict (as nydus-image): the dictionary's blobs may appear in every layer;
+    // each layer has at most one blob of its own, and the per-layer flags (--blob-digests,
+    // --blob-sizes, --blob-toc-*) describe that one. The dictionary must be compatible with
+    // the layers (RAFS version, chunk size, explicit uid/gid).
+    let dict = match &o.chunk_dict {
+        Some(d) => {
+            let img = load_image(d)?;
+            if img.version != RafsVersion::V6 {
+                return Err(BuildError::Invalid(format!(
+                    "chunk dict {}: merge supports RAFS v6 bootstraps only",
+                    d.display()
+                )));
+            }
+            Some((d.clone(), img))
+        }
+        None => None,
+    };
+    let dict_ids: Vec<[u8; 64]> = dict
+        .as_ref()
+        .map(|(_, img)| img.blobs.iter().map(|e| e.blob_id).collect())
+        .unwrap_or_default();
+    let per_layer_flags = o.blob_digests.is_some()
+        || o.blob_sizes.is_some()
+        || o.blob_toc_digests.is_some()
+        || o.blob_toc_sizes.is_some();
     let mut chunk_size = 0;
     let mut base_flags = 0u64;
+    let mut first_src = PathBuf::new();
     for (li, src) in o.sources.iter().enumerate() {
         let layer = load_image(src)?;
         if layer.version != RafsVersion::V6 {
@@ -190,21 +216,59 @@ pub fn merge(o: &MergeOptions) -> Result<MergeOutput, BuildError> {
         if li == 0 {
             chunk_size = layer.chunk_size;
             base_flags = layer.flags;
-        } else if layer.chunk_size != chunk_size {
-            return Err(BuildError::Invalid(format!(
-                "{}: chunk size {:#x} differs from {:#x}",
-                src.display(),
+            first_src = src.clone();
+            if let Some((d, img)) = &dict {
+                check_compatible(d, img.chunk_size, img.flags, src, chunk_size, base_flags)?;
+            }
+        } else {
+            check_compatible(
+                &first_src,
+                chunk_size,
+                base_flags,
+                src,
                 layer.chunk_size,
-                chunk_size
+                layer.flags,
+            )?;
+        }
+        // The layer's own blobs: those not in the chunk dictionary.
+        let is_inlined = |e: &BlobTableEntry| {
+            e.features & blob_features::INLINED_FS_META != 0
+                || e.blob_id_bytes() == layout::PLACEHOLDER_BLOB_ID.as_bytes()
+        };
+        let mut own: Vec<usize> = (0..layer.blobs.len())
+            .filter(|&bi| !dict_ids.contains(&layer.blobs[bi].blob_id))
+            .collect();
+        if own.len() > 1 && dict.is_none() {
+            // Without --chunk-dict, a layer whose other blobs came from a dictionary is
+            // still unambiguous if exactly one blob is the layer's inlined one.
+            let inl: Vec<usize> = own
+                .iter()
+                .copied()
+                .filter(|&bi| is_inlined(&layer.blobs[bi]))
+                .collect();
+            if inl.len() == 1 {
+                own = inl;
+            }
+        }
+        if own.len() > 1 && (dict.is_some() || per_layer_flags) {
+            return Err(BuildError::Invalid(format!(
+                "{}: {} data blobs not in the chunk dictionary; a layer has at most one{}",
+                src.display(),
+                own.len(),
+                if dict.is_some() {
+                    ""
+                } else {
+                    " when --blob-digests/--blob-sizes/--blob-toc-* are given (pass --chunk-dict \
+                     if the others come from one)"
+                }
             )));
         }
         // Blob table of this layer → merged table.
         let mut remap: HashMap<u32, u32> = HashMap::new();
         for (bi, e) in layer.blobs.iter().enumerate() {
             let mut e = *e;
-            let inlined = e.features & blob_features::INLINED_FS_META != 0
-                || e.blob_id_bytes() == layout::PLACEHOLDER_BLOB_ID.as_bytes();
-            if inlined {
+            // The per-layer flags name the layer's own blob, inlined or not.
+            if own.len() == 1 && own[0] == bi {
                 if let Some(d) = &o.blob_digests {
                     e.blob_id = layout::nul_padded(strip_digest(&d[li]).as_bytes());
                 }
@@ -223,8 +287,9 @@ pub fn merge(o: &MergeOptions) -> Result<MergeOutput, BuildError> {
                 if let Some(t) = &o.blob_toc_sizes {
                     e.blob_toc_size = t[li];
                 }
-                e.features &= !blob_features::INLINED_FS_META;
             }
+            // The merged bootstrap is not inside any blob.
+            e.features &= !blob_features::INLINED_FS_META;
             if e.blob_id_bytes() == layout::PLACEHOLDER_BLOB_ID.as_bytes() {
                 return Err(BuildError::Invalid(format!(
                     "{}: blob {bi} has a placeholder id; pass --blob-digests",
@@ -275,16 +340,6 @@ pub fn merge(o: &MergeOptions) -> Result<MergeOutput, BuildError> {
             }
         }
     }
-    if let Some(d) = &o.chunk_dict {
-        let bytes = std::fs::read(d).map_err(|e| BuildError::io(d, e))?;
-        let (_, _, cs, _) = blob::read_v6_tables(&bytes)?;
-        if cs != chunk_size {
-            return Err(BuildError::Invalid(format!(
-                "chunk dict {}: chunk size {cs:#x} differs from {chunk_size:#x}",
-                d.display()
-            )));
-        }
-    }
     let has_xattr = order.iter().any(|&n| !merged.nodes[n].xattrs.is_empty());
     let inlined_digest = !final_table.is_empty()
         && final_table
@@ -322,6 +377,34 @@ pub fn merge(o: &MergeOptions) -> Result<MergeOutput, BuildError> {
             .map(|e| String::from_utf8_lossy(e.blob_id_bytes()).into_owned())
             .collect(),
     })
+}
+
+/// Layers (and the chunk dictionary) merge only if their chunk size and explicit uid/gid
+/// setting agree, as nydus-image requires.
+fn check_compatible(
+    a: &Path,
+    a_chunk: u32,
+    a_flags: u64,
+    b: &Path,
+    b_chunk: u32,
+    b_flags: u64,
+) -> Result<(), BuildError> {
+    if a_chunk != b_chunk {
+        return Err(BuildError::Invalid(format!(
+            "{}: chunk size {b_chunk:#x} differs from {a_chunk:#x} of {}",
+            b.display(),
+            a.display()
+        )));
+    }
+    let explicit = |f: u64| f & layout::super_flags::EXPLICIT_UID_GID != 0;
+    if explicit(a_flags) != explicit(b_flags) {
+        return Err(BuildError::Invalid(format!(
+            "{}: explicit uid/gid setting differs from {}",
+            b.display(),
+            a.display()
+        )));
+    }
+    Ok(())
 }
 
 const WH_PREFIX: &[u8] = b".wh.";
