@@ -85,7 +85,10 @@ impl BlobFile {
         let f = File::create(&path).map_err(|e| BuildError::io(&path, e))?;
         let (tx, rx) = bounded::<WriterMsg>(8);
         let thread = std::thread::spawn(move || {
-            let mut w = BufWriter::with_capacity(1 << 20, f);
+            // Small writes (tables, headers, tiny chunks) are batched; chunk-sized ones go
+            // straight to the file (BufWriter passes through writes as large as its buffer),
+            // which saves copying the whole blob once.
+            let mut w = BufWriter::with_capacity(64 << 10, f);
             let mut hasher = sha2::Sha256::new();
             let mut err: Option<std::io::Error> = None;
             while let Ok(m) = rx.recv() {
@@ -207,6 +210,9 @@ pub struct Chunker {
     uncompressed_pos: u64,
     /// Per node: its chunks in file order.
     pub node_chunks: HashMap<usize, Vec<ChunkInfo>>,
+    /// Read buffers whose chunk is done, reused for the next reads (no fresh pages to fault
+    /// in and zero for every chunk).
+    free_bufs: Vec<Vec<u8>>,
 }
 
 /// Blob indexes at or above this value denote dictionary blobs (`value - DICT_BASE` is the
@@ -229,8 +235,12 @@ impl Chunker {
             let rx = job_rx.clone();
             let (c, d) = (cfg.compressor, cfg.digester);
             workers.push(std::thread::spawn(move || {
+                let mut comp = codec::ChunkCompressor::new(c);
                 while let Ok(job) = rx.recv() {
-                    let r = process(c, d, job.data);
+                    let r = match &mut comp {
+                        Ok(comp) => process(comp, d, job.data),
+                        Err(e) => Err(BuildError::Invalid(format!("compressor: {e}"))),
+                    };
                     let _ = job.reply.send(r);
                 }
             }));
@@ -248,6 +258,7 @@ impl Chunker {
             chunks: Vec::new(),
             uncompressed_pos: 0,
             node_chunks: HashMap::new(),
+            free_bufs: Vec::new(),
         })
     }
 
@@ -278,12 +289,20 @@ impl Chunker {
         self.node_chunks.entry(node).or_default();
         while off < size {
             let len = (size - off).min(cs) as usize;
-            let mut buf = vec![0u8; len];
-            r.read_exact(&mut buf).map_err(|e| {
+            // read_to_end into spare capacity: no zeroing of a fresh buffer per chunk.
+            let mut buf = self.free_bufs.pop().unwrap_or_default();
+            buf.clear();
+            buf.reserve(len);
+            let got = r.take(len as u64).read_to_end(&mut buf).map_err(|e| {
                 BuildError::Invalid(format!(
-                    "short read of file data (node {node}, offset {off}): {e}"
+                    "read of file data failed (node {node}, offset {off}): {e}"
                 ))
             })?;
+            if got != len {
+                return Err(BuildError::Invalid(format!(
+                    "short read of file data (node {node}, offset {off}): {got} of {len} bytes"
+                )));
+            }
             self.submit(node, off, buf)?;
             off += len as u64;
         }
@@ -317,6 +336,7 @@ impl Chunker {
                 .map_err(|_| BuildError::Invalid("chunk worker died".into()))??;
         let len = r.raw.len() as u32;
         let key = (r.digest, len);
+        let mut raw = Some(r.raw);
         let info = if let Some(c) = self.seen.get(&key) {
             *c
         } else if let Some(c) = self.dict.get(&key) {
@@ -329,7 +349,7 @@ impl Chunker {
         } else {
             let (payload, compressed) = match r.compressed {
                 Some(c) => (c, true),
-                None => (r.raw, false),
+                None => (raw.take().unwrap_or_default(), false),
             };
             let index = self.chunks.len() as u32;
             if index > crate::rafs::layout::MAX_CI_INDEX {
@@ -356,6 +376,11 @@ impl Chunker {
             self.seen.insert(key, c);
             c
         };
+        if let Some(b) = raw {
+            if self.free_bufs.len() < self.max_pending {
+                self.free_bufs.push(b);
+            }
+        }
         let list = self.node_chunks.entry(p.node).or_default();
         debug_assert_eq!(
             list.iter()
@@ -399,10 +424,14 @@ pub struct ChunkerOutput {
     pub dict_blobs_used: Vec<u32>,
 }
 
-fn process(c: Compressor, d: Digester, raw: Vec<u8>) -> Result<Processed, BuildError> {
+fn process(
+    c: &mut codec::ChunkCompressor,
+    d: Digester,
+    raw: Vec<u8>,
+) -> Result<Processed, BuildError> {
     let digest = codec::digest(d, &raw);
     let crc = codec::crc32c(&raw);
-    let compressed = codec::compress(c, &raw)?;
+    let compressed = c.compress(&raw)?;
     Ok(Processed {
         digest,
         crc,
