@@ -81,20 +81,7 @@ fn one_run(
     fs::create_dir_all(&unpack).unwrap();
     // Write back what earlier runs left dirty, so it does not land in this run's timings.
     run_cmd(&mut Command::new("sync"));
-    let config = serde_json::json!({
-        "device": {
-            "backend": {"type": "registry", "config": {
-                "host": reg.host(), "repo": "bench/rafs", "scheme": "http",
-                "timeout": 10, "connect_timeout": 5, "retry_limit": 2
-            }},
-            "cache": {"type": "blobcache", "config": {"work_dir": cache.to_string_lossy()}}
-        },
-        "mode": "direct",
-        "digest_validate": false,
-        "enable_xattr": true,
-        "fs_prefetch": {"enable": false}
-    })
-    .to_string();
+    let config = registry_config(&reg.host(), "bench/rafs", &cache);
     let served = |hexes: &[String]| -> u64 { hexes.iter().map(|h| reg.served_bytes(h)).sum() };
     let rafs_before = served(rafs_blobs);
     let oci_before = reg.served_bytes(oci_blob);

@@ -67,20 +67,7 @@ fn guest_reads_4k_from_1gib_image_fetching_under_2mib() {
     assert!(total > 900 << 20, "blob data is ~1 GiB (got {total} bytes)");
     let cache = tmp.path().join("cache");
     fs::create_dir_all(&cache).unwrap();
-    let config = serde_json::json!({
-        "device": {
-            "backend": {"type": "registry", "config": {
-                "host": reg.host(), "repo": "lazy/image", "scheme": "http",
-                "timeout": 5, "connect_timeout": 5, "retry_limit": 2
-            }},
-            "cache": {"type": "blobcache", "config": {"work_dir": cache.to_string_lossy()}}
-        },
-        "mode": "direct",
-        "digest_validate": false,
-        "enable_xattr": true,
-        "fs_prefetch": {"enable": false}
-    })
-    .to_string();
+    let config = registry_config(&reg.host(), "lazy/image", &cache);
     let daemon = Daemon::start(&[]);
     daemon.mount("/rafs/lazy/lowerdir", "rafs", &boot, &config);
     let run = run_vm(

@@ -306,6 +306,26 @@ fn mktar(dir: &Path, out: &Path) {
         .arg(out));
 }
 
+/// A merged bootstrap reads back as the tree `exp` (whole-second mtimes, owners ignored:
+/// tar layers) and passes `check` against the blobs in `blobs`.
+fn assert_merged_tree(merged: &Path, blobs: &Path, exp: &Path, what: &str) {
+    let opts = ManifestOptions {
+        mtime_sec: true,
+        no_owner: true,
+        ..Default::default()
+    };
+    assert_same(
+        &image_manifest(merged, blobs, opts),
+        &source_manifest(exp, &["--mtime-sec", "--no-owner"]),
+        what,
+    );
+    run(rafs_image()
+        .arg("check")
+        .arg(merged)
+        .arg("--blob-dir")
+        .arg(blobs));
+}
+
 fn sha256_file(p: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
 }
@@ -428,21 +448,7 @@ fn inline_meta_layers_and_merge() {
         .arg(l2.join("d00"))
         .arg(exp.join("d00")));
     std::fs::set_permissions(&exp, std::fs::metadata(&l2).unwrap().permissions()).unwrap();
-    let opts = ManifestOptions {
-        mtime_sec: true,
-        no_owner: true,
-        ..Default::default()
-    };
-    assert_same(
-        &image_manifest(&merged, &layers, opts),
-        &source_manifest(&exp, &["--mtime-sec", "--no-owner"]),
-        "merged",
-    );
-    run(rafs_image()
-        .arg("check")
-        .arg(&merged)
-        .arg("--blob-dir")
-        .arg(&layers));
+    assert_merged_tree(&merged, &layers, &exp, "merged");
 }
 
 /// Our `merge` on upstream's own per-layer blobs (fixture v6-layers-merged) gives the tree of
@@ -838,21 +844,7 @@ fn merge_with_chunk_dict() {
     }
     run(Command::new("touch").arg("-h").arg("-r").arg(&l2).arg(&exp));
     std::fs::set_permissions(&exp, std::fs::metadata(&l2).unwrap().permissions()).unwrap();
-    let opts = ManifestOptions {
-        mtime_sec: true,
-        no_owner: true,
-        ..Default::default()
-    };
-    assert_same(
-        &image_manifest(&merged, &blobs, opts),
-        &source_manifest(&exp, &["--mtime-sec", "--no-owner"]),
-        "merged with chunk dict",
-    );
-    run(rafs_image()
-        .arg("check")
-        .arg(&merged)
-        .arg("--blob-dir")
-        .arg(&blobs));
+    assert_merged_tree(&merged, &blobs, &exp, "merged with chunk dict");
 
     // A layer with its own separate blob: --blob-digests renames that blob (not the
     // dictionary's), which needs --chunk-dict to tell the two apart.

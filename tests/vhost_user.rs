@@ -575,6 +575,23 @@ fn kick_before_vring_enable_is_not_lost() {
     srv.stop();
 }
 
+/// Mounts the v6-zstd-64k-base fixture (localfs blobs) at `mountpoint`.
+fn mount_fixture(tree: &FsTree, mountpoint: &str) {
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/v6-zstd-64k-base");
+    let config = serde_json::json!({
+        "device": {"backend": {"type": "localfs", "config": {"dir": img}}},
+        "mode": "direct",
+    })
+    .to_string();
+    tree.mount(
+        FsType::Rafs,
+        img.join("image.boot").to_str().unwrap(),
+        &config,
+        mountpoint,
+    )
+    .unwrap();
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -586,20 +603,8 @@ fn open_fds() -> usize {
 /// see docs/architecture.md).
 #[test]
 fn reconnects_do_not_leak_fds() {
-    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/v6-zstd-64k-base");
-    let config = serde_json::json!({
-        "device": {"backend": {"type": "localfs", "config": {"dir": img}}},
-        "mode": "direct",
-    })
-    .to_string();
     let tree = Arc::new(FsTree::new());
-    tree.mount(
-        FsType::Rafs,
-        img.join("image.boot").to_str().unwrap(),
-        &config,
-        "/rafs/img",
-    )
-    .unwrap();
+    mount_fixture(&tree, "/rafs/img");
     let (tx, rx) = std::sync::mpsc::channel::<bool>();
     let tx = Mutex::new(tx);
     let srv = TestServer::start(
@@ -650,12 +655,6 @@ fn random_requests_get_answers_and_stay_inside_the_share() {
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(share.join("hello"), b"hi").unwrap();
     std::fs::write(outside.join("secret"), b"keep").unwrap();
-    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/v6-zstd-64k-base");
-    let config = serde_json::json!({
-        "device": {"backend": {"type": "localfs", "config": {"dir": img}}},
-        "mode": "direct",
-    })
-    .to_string();
     let tree = Arc::new(FsTree::new());
     tree.mount(
         FsType::Passthrough,
@@ -664,13 +663,7 @@ fn random_requests_get_answers_and_stay_inside_the_share() {
         "/containers",
     )
     .unwrap();
-    tree.mount(
-        FsType::Rafs,
-        img.join("image.boot").to_str().unwrap(),
-        &config,
-        "/rafs/img",
-    )
-    .unwrap();
+    mount_fixture(&tree, "/rafs/img");
     let srv = TestServer::start(&tree, 1, 2, Box::new(|_| {}));
     let mem = Arc::new(Mem::new());
     let mut drv = Driver::connect(&srv.sock, mem.clone(), 2);

@@ -941,6 +941,25 @@ pub fn build_image(src: &Path, out: &Path) -> (PathBuf, PathBuf) {
     (boot, blobs)
 }
 
+/// A v1 RAFS config reading blobs of `repo` from a plain-http registry at `host`, with the
+/// shared chunk cache in `cache` and no prefetch (what the lazy-loading tests measure).
+pub fn registry_config(host: &str, repo: &str, cache: &Path) -> String {
+    serde_json::json!({
+        "device": {
+            "backend": {"type": "registry", "config": {
+                "host": host, "repo": repo, "scheme": "http",
+                "timeout": 10, "connect_timeout": 5, "retry_limit": 2
+            }},
+            "cache": {"type": "blobcache", "config": {"work_dir": cache.to_string_lossy()}}
+        },
+        "mode": "direct",
+        "digest_validate": false,
+        "enable_xattr": true,
+        "fs_prefetch": {"enable": false}
+    })
+    .to_string()
+}
+
 /// nydusd v1 config JSON (as nydus-snapshotter writes it) for a localfs blob dir.
 pub fn localfs_config(blob_dir: &Path) -> String {
     serde_json::json!({
