@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
-use rafs_virtiofsd::fs::passthrough::new_passthrough;
+use rafs_virtiofsd::fs::passthrough::{Config, PassthroughFs};
 use rafs_virtiofsd::fs::vfs::{FsTree, FsType};
 use support::*;
 
@@ -233,7 +233,7 @@ fn requests_cannot_escape_the_shared_dir() {
     std::os::unix::fs::symlink("../../../../..", h.join("rel")).unwrap();
     std::os::unix::fs::symlink("/proc/self/root", h.join("magic")).unwrap();
 
-    let fs = new_passthrough(h).unwrap();
+    let fs = PassthroughFs::new(Config::new(h)).unwrap();
     fs.init(fuse_backend_rs::abi::fuse_abi::FsOptions::empty())
         .unwrap();
     let ctx = Context::default();
@@ -317,8 +317,8 @@ fn fd_count(pid: i32) -> usize {
         .count()
 }
 
-/// With file handles, looked-up inodes do not pin fds (fuse-backend-rs#130): walking many
-/// files leaves the daemon's fd count flat.
+/// Looked-up inodes are remembered by file handle: walking many files grows the daemon's fd
+/// count by at most its O_PATH fd cache (256 by default), whatever the number of inodes.
 #[test]
 fn walking_many_files_does_not_pin_fds() {
     let share = tempfile::tempdir().unwrap();
@@ -342,7 +342,7 @@ fn walking_many_files_does_not_pin_fds() {
     assert_eq!(n, 4000);
     let after = fd_count(pid);
     assert!(
-        after < before + 100,
+        after < before + 256 + 50,
         "fd count grew from {before} to {after} after looking up {n} inodes"
     );
 }

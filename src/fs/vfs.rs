@@ -19,9 +19,9 @@ use fuse_backend_rs::api::{BackFileSystem, Vfs, VfsOptions};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::passthrough::{new_passthrough, PassthroughError};
+use super::dispatch::Dispatcher;
+use super::passthrough::{Config as PassthroughConfig, PassthroughError, PassthroughFs};
 use super::rafs::RafsFs;
-use super::tmpfile::{Dispatcher, TmpFiles};
 use crate::config::RafsConfig;
 
 /// Bits of a VFS inode number that select the backend filesystem (fuse-backend-rs layout).
@@ -222,7 +222,9 @@ impl MetricsHook for FsMetrics {
 }
 
 /// The VFS options used for every transport: like nydusd in Kata (open/opendir served,
-/// killpriv_v2, writeback), without DAX (no FUSE_SETUPMAPPING support).
+/// killpriv_v2, writeback), without DAX (no FUSE_SETUPMAPPING support), plus POSIX ACLs
+/// with DONT_MASK (the passthrough applies the umask, so a default ACL can override it).
+/// No POSIX_LOCKS/FLOCK_LOCKS: the guest kernel keeps locks locally (docs/architecture.md).
 pub fn vfs_options() -> VfsOptions {
     let mut opts = VfsOptions {
         no_open: false,
@@ -232,6 +234,7 @@ pub fn vfs_options() -> VfsOptions {
         ..VfsOptions::default()
     };
     opts.out_opts.remove(FsOptions::PERFILE_DAX);
+    opts.out_opts |= FsOptions::POSIX_ACL | FsOptions::DONT_MASK;
     opts
 }
 
@@ -290,7 +293,6 @@ pub fn redact_secrets(v: &mut Value) {
 pub struct FsTree {
     vfs: Arc<Vfs>,
     mounts: Arc<Mutex<BTreeMap<String, MountRecord>>>,
-    tmpfiles: Arc<TmpFiles>,
     metrics: Arc<FsMetrics>,
 }
 
@@ -306,7 +308,6 @@ impl FsTree {
         let vfs = Arc::new(Vfs::new(vfs_options()));
         let mounts = Arc::new(Mutex::new(BTreeMap::new()));
         FsTree {
-            tmpfiles: Arc::new(TmpFiles::new(vfs.clone(), mounts.clone())),
             vfs,
             mounts,
             metrics: Arc::new(FsMetrics::new()),
@@ -318,16 +319,15 @@ impl FsTree {
         self.vfs.clone()
     }
 
-    /// A request dispatcher for one connection: the VFS `Server` plus the O_TMPFILE files
-    /// (see [`super::tmpfile`]).
+    /// A request dispatcher for one connection: the VFS `Server` plus the opcodes it lacks
+    /// (see [`super::dispatch`]).
     pub fn dispatcher(&self) -> Dispatcher {
-        Dispatcher::new(self.vfs.clone(), self.tmpfiles.clone())
+        Dispatcher::new(self.vfs.clone(), self.mounts.clone())
     }
 
-    /// Forgets the guest's FUSE session (inodes, handles, tmpfiles); mounts stay.
+    /// Forgets the guest's FUSE session (inodes, handles); mounts stay.
     pub fn end_session(&self) {
         FileSystem::destroy(&*self.vfs);
-        self.tmpfiles.clear();
     }
 
     /// The metrics hook to pass to `Server::handle_message`.
@@ -351,7 +351,12 @@ impl FsTree {
             return Err(MountError::AlreadyMounted(mp));
         }
         let (fs, cfg_json): (BackFileSystem, Value) = match fs_type {
-            FsType::Passthrough => (Box::new(new_passthrough(Path::new(source))?), Value::Null),
+            FsType::Passthrough => (
+                Box::new(PassthroughFs::new(PassthroughConfig::new(Path::new(
+                    source,
+                )))?),
+                Value::Null,
+            ),
             FsType::Rafs => open_rafs(Path::new(source), config)?,
         };
         self.mount_backend(fs, fs_type, source, cfg_json, &mp)

@@ -33,7 +33,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::fs::tmpfile::Dispatcher;
+use crate::fs::dispatch::Dispatcher;
 use crate::fs::vfs::{FsMetrics, FsTree};
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
 use pool::ThreadPool;
