@@ -14,66 +14,6 @@ use rafs_virtiofsd::fs::passthrough::{Config, PassthroughFs};
 use rafs_virtiofsd::fs::vfs::{FsTree, FsType};
 use support::*;
 
-struct FuseMount {
-    d: Option<Daemon>,
-    mnt: PathBuf,
-    api: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl FuseMount {
-    fn new(shared: Option<&Path>) -> FuseMount {
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let api = dir.path().join("api.sock");
-        let mut args = vec![
-            "fuse".to_string(),
-            "--mountpoint".into(),
-            mnt.display().to_string(),
-            "--apisock".into(),
-            api.display().to_string(),
-            "--log-level".into(),
-            "warn".into(),
-        ];
-        if let Some(s) = shared {
-            args.push("--shared-dir".into());
-            args.push(s.display().to_string());
-        }
-        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let d = Daemon::spawn(&argv);
-        assert!(
-            wait_running(&api, Duration::from_secs(10)),
-            "FUSE daemon not running"
-        );
-        FuseMount {
-            d: Some(d),
-            mnt,
-            api,
-            _dir: dir,
-        }
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-}
-
-impl Drop for FuseMount {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.d.take() {
-            if d.signal_and_wait(libc::SIGTERM, Duration::from_secs(5))
-                .is_none()
-            {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.mnt)
-                    .status();
-            }
-        }
-    }
-}
-
 fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }

@@ -595,15 +595,17 @@ impl PassthroughFs {
         sys::check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(|_| ())
     }
 
-    /// An xattr path for inode `id`: `/proc/self/fd/N` of its fd (regular files and dirs:
-    /// the magic link is followed to the inode itself).
+    /// An xattr path for inode `id`: `/proc/self/fd/N` of its fd. The xattr calls follow
+    /// the magic link to the inode itself and never open it, so FIFOs and device nodes are
+    /// safe here too.
     fn xattr_path(&self, id: u64) -> io::Result<(Arc<OwnedFd>, CString)> {
         if !self.cfg.xattr {
             return Err(errno(libc::ENOSYS));
         }
         let inode = self.inode(id)?;
-        if inode.kind != libc::S_IFREG && inode.kind != libc::S_IFDIR {
-            // The magic link of a symlink or special file names the link, not the inode.
+        if inode.kind == libc::S_IFLNK {
+            // Following the magic link of a symlink would reach its target: symlinks carry no
+            // xattrs here (EPERM, as Linux gives for user.* on a symlink).
             return Err(errno(libc::EPERM));
         }
         if self.proc_self_fd.is_none() {
@@ -940,7 +942,7 @@ impl FileSystem for PassthroughFs {
 
     fn rename(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         olddir: u64,
         oldname: &CStr,
         newdir: u64,
@@ -955,6 +957,12 @@ impl FileSystem for PassthroughFs {
         }
         let a = self.inode_fd(olddir)?;
         let b = self.inode_fd(newdir)?;
+        // A whiteout is a new inode: the caller owns it.
+        let _c = if flags & libc::RENAME_WHITEOUT != 0 {
+            Some(CredGuard::switch(ctx.uid, ctx.gid)?)
+        } else {
+            None
+        };
         sys::renameat2(a.as_fd(), oldname, b.as_fd(), newname, flags)
     }
 
