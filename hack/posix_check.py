@@ -165,7 +165,11 @@ def run(d, tag):
             os.link("/proc/self/fd/%d" % fd, t, follow_symlinks=True)
         finally:
             os.close(fd)
-        return open(t).read()
+        fd = os.open(t, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            return os.read(fd, 10).decode()
+        finally:
+            os.close(fd)
 
     check("tmpfile", tmpfile, t)
     # Setgid dir: gid and setgid bit inherited.

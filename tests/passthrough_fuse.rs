@@ -6,8 +6,7 @@ mod support;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use rafs_virtiofsd::fs::passthrough::{Config, PassthroughFs};

@@ -598,13 +598,22 @@ fn open_fds() -> usize {
 
 /// Reconnecting VMMs do not leak fds in the daemon: vring eventfds, worker exit events (which
 /// vhost-user-backend 0.21 leaks, reclaimed by `close_exit_consumers`) and memory mappings
-/// are all released with each connection. Served here: a RAFS image (fuse-backend-rs's
-/// passthrough leaks an O_PATH fd of the mount root each time it re-creates its mount fd,
-/// see docs/architecture.md).
+/// are all released with each connection. Served here: a RAFS image and a passthrough share
+/// (whose inodes, cached fds and mount fds go with the session).
 #[test]
 fn reconnects_do_not_leak_fds() {
     let tree = Arc::new(FsTree::new());
     mount_fixture(&tree, "/rafs/img");
+    let share = tempfile::tempdir().unwrap();
+    std::fs::create_dir(share.path().join("d")).unwrap();
+    std::fs::write(share.path().join("d/f"), b"x").unwrap();
+    tree.mount(
+        FsType::Passthrough,
+        share.path().to_str().unwrap(),
+        "",
+        "/pt",
+    )
+    .unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<bool>();
     let tx = Mutex::new(tx);
     let srv = TestServer::start(
@@ -624,6 +633,9 @@ fn reconnects_do_not_leak_fds() {
             let rafs = drv.lookup(1, 1, "rafs");
             let img = drv.lookup(1, rafs, "img");
             drv.lookup(2, img, "big.bin");
+            let pt = drv.lookup(1, 1, "pt");
+            let d = drv.lookup(2, pt, "d");
+            drv.lookup(1, d, "f");
             drop(drv);
             // Wait for the daemon side to finish tearing the connection down.
             while rx

@@ -6,6 +6,7 @@
 //! - FUSE_TMPFILE (51): `open(O_TMPFILE)` and overlayfs copy-up;
 //! - FUSE_COPY_FILE_RANGE (47): server-side copies;
 //! - FUSE_SYNCFS (50): `syncfs(2)` / `sync -f` (on the pseudo root: every passthrough).
+//!
 //! And it answers GETXATTR/LISTXATTR on the read-only pseudo tree (the mountpoint
 //! directories) with "no xattrs" instead of ENOSYS, which would turn xattrs off for every
 //! mount of the connection (POSIX ACL checks ask for them on every directory).
@@ -139,7 +140,7 @@ impl Dispatcher {
                 let (e, fh, opts) =
                     self.with_passthrough(idx, |pt| pt.tmpfile(&ctx, ino, &args))?;
                 let mut eo = EntryOut::from(e);
-                eo.nodeid = (u64::from(idx) << VFS_INDEX_SHIFT) | eo.nodeid;
+                eo.nodeid |= u64::from(idx) << VFS_INDEX_SHIFT;
                 let oo = OpenOut {
                     fh,
                     open_flags: opts.bits(),

@@ -154,10 +154,29 @@ impl InodeStore {
         id: Option<u64>,
         refs: u64,
     ) -> (Arc<Inode>, bool) {
+        self.insert_or_replace(key, kind, handle, pinned, id, refs, false)
+    }
+
+    /// Like [`Self::insert`]; with `replace` a new inode takes the key even when one holds it
+    /// (the old one is a deleted file whose inode number the host reused; it keeps its node
+    /// id until the guest forgets it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_or_replace(
+        &self,
+        key: InodeKey,
+        kind: u32,
+        handle: Option<(FileHandle, Arc<MountFd>)>,
+        pinned: Option<Arc<OwnedFd>>,
+        id: Option<u64>,
+        refs: u64,
+        replace: bool,
+    ) -> (Arc<Inode>, bool) {
         let mut maps = self.maps.write();
-        if let Some(existing) = maps.by_key.get(&key).and_then(|i| maps.by_id.get(i)) {
-            existing.refs.fetch_add(refs, Ordering::AcqRel);
-            return (existing.clone(), false);
+        if !replace {
+            if let Some(existing) = maps.by_key.get(&key).and_then(|i| maps.by_id.get(i)) {
+                existing.refs.fetch_add(refs, Ordering::AcqRel);
+                return (existing.clone(), false);
+            }
         }
         let id = id.unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed));
         let inode = Arc::new(Inode {

@@ -329,7 +329,8 @@ impl PassthroughFs {
             libc::S_IFLNK => return Err(errno(libc::ELOOP)),
             _ => return Err(errno(libc::ENXIO)),
         }
-        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        // O_NOFOLLOW was for the guest's own walk; here it would refuse the /proc magic link.
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
         if let Some((h, m)) = &inode.handle {
             match sys::open_by_handle(m.fd.as_fd(), h, flags) {
                 Ok(fd) => return Ok(fd),
@@ -364,18 +365,28 @@ impl PassthroughFs {
             ino: st.st_ino,
             mnt,
         };
-        if let Some(inode) = self.inodes.lookup_key(&key) {
-            if pin {
-                self.pin(&inode, fd)?;
-            }
-            return Ok(self.entry(&inode, st));
-        }
         let kind = kind_of(st.st_mode);
-        let handle = if pin {
-            None
-        } else {
-            self.handle_for(fd.as_fd(), kind, mnt)?
-        };
+        let mut replace = false;
+        let mut handle = None;
+        if let Some(inode) = self.inodes.lookup_key(&key) {
+            match self.same_file(&inode, kind, fd.as_fd())? {
+                Ok(()) => {
+                    if pin {
+                        self.pin(&inode, fd)?;
+                    }
+                    return Ok(self.entry(&inode, st));
+                }
+                Err(h) => {
+                    // The host reused a deleted file's inode number.
+                    self.forget_one(inode.id, 1);
+                    replace = true;
+                    handle = h;
+                }
+            }
+        }
+        if handle.is_none() && !pin {
+            handle = self.handle_for(fd.as_fd(), kind, mnt)?;
+        }
         let fd = Arc::new(fd);
         let pinned = if handle.is_none() {
             self.inodes.reserve_pin()?;
@@ -384,7 +395,9 @@ impl PassthroughFs {
             None
         };
         let had_pin = pinned.is_some();
-        let (inode, new) = self.inodes.insert(key, kind, handle, pinned, None, 1);
+        let (inode, new) = self
+            .inodes
+            .insert_or_replace(key, kind, handle, pinned, None, 1, replace);
         if new {
             if !had_pin {
                 self.fd_cache.put(inode.id, fd);
@@ -393,6 +406,31 @@ impl PassthroughFs {
             self.inodes.release_pin();
         }
         Ok(self.entry(&inode, st))
+    }
+
+    /// Whether `fd` is the file `inode` names. An inode whose fd is open (pinned or cached)
+    /// cannot have had its number reused; otherwise the file handles (which carry the
+    /// generation) must match. On a mismatch, returns the new file's handle.
+    #[allow(clippy::type_complexity)]
+    fn same_file(
+        &self,
+        inode: &Inode,
+        kind: u32,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<Result<(), Option<(sys::FileHandle, Arc<inode::MountFd>)>>> {
+        if inode.kind == kind
+            && (inode.pinned.lock().is_some() || self.fd_cache.get(inode.id).is_some())
+        {
+            return Ok(Ok(()));
+        }
+        if inode.kind == kind && inode.handle.is_none() {
+            return Ok(Ok(()));
+        }
+        let new = self.handle_for(fd, kind, inode.key.mnt)?;
+        match (&inode.handle, &new) {
+            (Some((a, _)), Some((b, _))) if a == b && inode.kind == kind => Ok(Ok(())),
+            _ => Ok(Err(new)),
+        }
     }
 
     /// Keeps `fd` pinned in `inode` (a tmpfile linked in, or looked up again).
