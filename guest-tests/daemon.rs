@@ -419,8 +419,8 @@ rv_check still-serving sh -c "ls $D/many | grep -q f00000"
 }
 
 /// O_TMPFILE on the passthrough share (overlayfs uses it for copy-up when available).
-/// The daemon serves FUSE_TMPFILE itself (src/fs/tmpfile.rs); the guest writes the unnamed
-/// file and links it in with linkat(/proc/self/fd/N, AT_SYMLINK_FOLLOW).
+/// The daemon serves FUSE_TMPFILE itself (src/fs/dispatch.rs into the passthrough); the
+/// guest writes the unnamed file and links it in with linkat(/proc/self/fd/N, AT_SYMLINK_FOLLOW).
 #[test]
 fn passthrough_supports_o_tmpfile() {
     let share = tempfile::tempdir().unwrap();
@@ -461,4 +461,68 @@ rv_check overlay-umount umount /ov
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "work dir leftovers: {leftovers:?}");
+}
+
+/// POSIX conformance over virtio-fs: `rvhelper posix` runs the same checks as
+/// tests/posix_conformance.rs (ownership, setgid inheritance, EACCES/EPERM rules, killpriv,
+/// sticky dirs, default ACLs, rename flags, unlinked-but-open files, O_TMPFILE) in the guest
+/// as root and as two non-root users with their own gids, on a passthrough share. The
+/// expected lines come from running the same helper on the host's ext4 in this test.
+#[test]
+fn guest_passthrough_posix_matches_host_ext4() {
+    const USERS: [(u32, u32); 3] = [(0, 0), (1001, 1001), (1002, 1002)];
+    let helper = host_rvhelper();
+    let run = |args: &[&str]| run_cmd(std::process::Command::new(&helper).args(args));
+    let reference = tempfile::tempdir_in("/var/tmp").unwrap();
+    let r = reference.path().join("t");
+    fs::create_dir(&r).unwrap();
+    let rs = r.to_str().unwrap();
+    run(&["posix", "setup", rs]);
+    let want: Vec<String> = USERS
+        .iter()
+        .map(|(u, g)| {
+            run(&[
+                "posix",
+                "run",
+                rs,
+                &format!("u{u}"),
+                &u.to_string(),
+                &g.to_string(),
+            ])
+        })
+        .collect();
+
+    let share = tempfile::tempdir_in("/var/tmp").unwrap();
+    fs::create_dir(share.path().join("t")).unwrap();
+    let daemon = Daemon::start(&[]);
+    daemon.mount("/containers", "passthrough_fs", share.path(), "");
+    let mut workload =
+        String::from("C=$RV_MNT/containers\nrv_check setup rvhelper posix setup $C/t\n");
+    for (u, g) in USERS {
+        workload.push_str(&format!(
+            "rv_check run-{u} sh -c \"rvhelper posix run $C/t u{u} {u} {g} > $C/out-{u}.txt\"\n"
+        ));
+    }
+    let vm = run_vm(&VmConfig::new(Some(&daemon.sock), &workload), |_| false);
+    vm.assert_ok(&["setup", "run-0", "run-1001", "run-1002"]);
+    let mut diffs = Vec::new();
+    let mut total = 0;
+    for ((u, _), w) in USERS.iter().zip(&want) {
+        let got = fs::read_to_string(share.path().join(format!("out-{u}.txt"))).unwrap();
+        let (w, g): (Vec<&str>, Vec<&str>) = (w.lines().collect(), got.lines().collect());
+        assert_eq!(w.len(), g.len(), "uid {u}: check counts differ:\n{got}");
+        for (a, b) in w.iter().zip(&g) {
+            total += 1;
+            if a != b {
+                diffs.push(format!("uid {u}: ext4 `{a}` vs guest `{b}`"));
+            }
+        }
+    }
+    assert!(total > 300, "only {total} checks ran");
+    assert!(
+        diffs.is_empty(),
+        "{} of {total} checks differ from ext4:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
 }

@@ -1,6 +1,7 @@
 //! POSIX conformance of the passthrough, measured against the host's ext4 in the same test.
 //!
-//! hack/posix_check.py runs the same checks (create, mkdir, symlink, link, mkfifo, rename
+//! `rvhelper posix` (hack/guest/rvhelper.c, the guest tests' static helper) runs the same
+//! checks (create, mkdir, symlink, link, mkfifo, rename
 //! and its NOREPLACE/EXCHANGE/WHITEOUT flags, chmod, chown rules, truncate, xattrs, sticky
 //! dirs, setgid inheritance, killpriv, default ACLs, unlinked-but-open files, O_TMPFILE) as
 //! root and as two non-root users with different gids, once in a plain host directory and
@@ -8,40 +9,52 @@
 
 mod support;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
 use support::FuseMount;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/posix_check.py");
+const HELPER_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/guest/rvhelper.c");
+
+/// Builds the helper for the host (the guest tests build the same source statically).
+fn build_helper(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("rvhelper");
+    let st = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(HELPER_SRC)
+        .status()
+        .expect("gcc runs");
+    assert!(st.success(), "gcc {HELPER_SRC}");
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    out
+}
 
 /// The users the checks run as: root and two non-root users with their own gids.
 const USERS: [(u32, u32); 3] = [(0, 0), (1001, 1001), (1002, 1002)];
 
-fn run_as(uid: u32, gid: u32, args: &[&str]) -> String {
-    let mut c = Command::new("python3");
-    c.arg(SCRIPT).args(args);
-    if uid != 0 {
-        c.uid(uid).gid(gid);
-    }
-    let out = c.output().expect("python3 runs");
+fn run_helper(helper: &Path, args: &[&str]) -> String {
+    let out = Command::new(helper)
+        .args(args)
+        .output()
+        .expect("rvhelper runs");
     assert!(
         out.status.success(),
-        "posix_check.py {args:?} as {uid}: {}",
+        "rvhelper {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Runs setup and every user's checks in `dir`; returns each user's lines.
-fn run_all(dir: &Path) -> Vec<(u32, Vec<String>)> {
+pub fn run_all(helper: &Path, dir: &Path) -> Vec<(u32, Vec<String>)> {
     let d = dir.to_str().unwrap();
-    run_as(0, 0, &["setup", d]);
+    run_helper(helper, &["posix", "setup", d]);
     USERS
         .iter()
         .map(|&(u, g)| {
-            let out = run_as(u, g, &["run", d, &format!("u{u}")]);
+            let (us, gs) = (u.to_string(), g.to_string());
+            let out = run_helper(helper, &["posix", "run", d, &format!("u{u}"), &us, &gs]);
             (u, out.lines().map(str::to_string).collect())
         })
         .collect()
@@ -56,7 +69,9 @@ fn passthrough_matches_ext4_for_root_and_two_users() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let want = run_all(reference.path());
+    let bin = tempfile::tempdir().unwrap();
+    let helper = build_helper(bin.path());
+    let want = run_all(&helper, reference.path());
 
     let share = tempfile::tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(
@@ -71,7 +86,7 @@ fn passthrough_matches_ext4_for_root_and_two_users() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let got = run_all(&m.mnt);
+    let got = run_all(&helper, &m.mnt);
 
     let mut diffs = Vec::new();
     let mut total = 0;

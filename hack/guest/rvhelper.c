@@ -1,7 +1,7 @@
 /*
  * rvhelper: a static multi-call helper for the guest tests. It does what busybox cannot:
  * tree manifests with binary xattrs as hex, setxattr from hex, renameat2 flags, O_TMPFILE,
- * and reporting the errno of a failing read.
+ * reporting the errno of a failing read, and the POSIX conformance checks (posix).
  *
  * Build: gcc -static -O2 -o rvhelper rvhelper.c
  */
@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -286,12 +287,245 @@ static int fail(const char *what) {
     return e ? e : 1;
 }
 
+/* ---- posix: the POSIX conformance checks (tests/posix_conformance.rs, guest-tests) ----
+ * posix setup DIR           as root: the fixture dirs
+ * posix run DIR TAG UID GID switches to UID/GID, runs every check, one line each:
+ *                           "name: OK [result] [attrs]" or "name: ERRNO-NAME".
+ * Nothing host-specific (inode numbers, times) is printed, so runs on two filesystems
+ * compare line by line. */
+static const char *errname(int e) {
+    static char buf[16];
+    switch (e) {
+    case EPERM: return "EPERM"; case ENOENT: return "ENOENT"; case EACCES: return "EACCES";
+    case EEXIST: return "EEXIST"; case ENOTDIR: return "ENOTDIR"; case EISDIR: return "EISDIR";
+    case EINVAL: return "EINVAL"; case ENOTEMPTY: return "ENOTEMPTY"; case EXDEV: return "EXDEV";
+    case EROFS: return "EROFS"; case ELOOP: return "ELOOP"; case EOPNOTSUPP: return "EOPNOTSUPP";
+    case ENODATA: return "ENODATA"; case EBADF: return "EBADF"; case ENXIO: return "ENXIO";
+    case EIO: return "EIO"; case ENOSPC: return "ENOSPC"; case EMLINK: return "EMLINK";
+    case EBUSY: return "EBUSY"; case ENAMETOOLONG: return "ENAMETOOLONG"; case ENOSYS: return "ENOSYS";
+    case EFBIG: return "EFBIG"; case ESTALE: return "ESTALE";
+    }
+    snprintf(buf, sizeof(buf), "E%d", e);
+    return buf;
+}
+
+static void p_report(const char *name, int rc, const char *extra, const char *show) {
+    int e = errno;
+    if (rc < 0) { printf("%s: %s\n", name, errname(e)); return; }
+    printf("%s: OK", name);
+    if (extra && *extra) printf(" %s", extra);
+    if (show) {
+        struct stat st;
+        if (lstat(show, &st) == 0) {
+            printf(" uid=%u gid=%u mode=%o nlink=%lu", st.st_uid, st.st_gid, st.st_mode, (unsigned long)st.st_nlink);
+            if (S_ISCHR(st.st_mode)) printf(" rdev=%u:%u", major(st.st_rdev), minor(st.st_rdev));
+            uint8_t v[512];
+            ssize_t n = lgetxattr(show, "system.posix_acl_access", v, sizeof(v));
+            if (n >= 4) printf(" acl=%ld", (long)((n - 4) / 8));
+        }
+    }
+    printf("\n");
+}
+
+#define PCHECK(name, expr, show) do { errno = 0; int _r = (expr); p_report(name, _r < 0 ? -1 : 0, NULL, show); } while (0)
+
+static char pbuf[8][4096];
+static const char *pj(int slot, const char *a, const char *b, const char *c) {
+    snprintf(pbuf[slot], sizeof(pbuf[slot]), "%s/%s%s%s", a, b, c ? "/" : "", c ? c : "");
+    return pbuf[slot];
+}
+static const char *pcat(int slot, const char *a, const char *suffix) {
+    snprintf(pbuf[slot], sizeof(pbuf[slot]), "%s%s", a, suffix);
+    return pbuf[slot];
+}
+
+static int p_write(const char *p, int flags, const char *data) {
+    int fd = open(p, flags, 0666);
+    if (fd < 0) return -1;
+    ssize_t w = write(fd, data, strlen(data));
+    int e = errno;
+    close(fd);
+    errno = e;
+    return w < 0 ? -1 : 0;
+}
+
+static int p_create(const char *p, int flags, mode_t mode) {
+    int fd = open(p, flags, mode);
+    if (fd < 0) return -1;
+    close(fd);
+    return 0;
+}
+
+static int p_renameat2(const char *a, const char *b, unsigned flags) {
+    return (int)syscall(SYS_renameat2, AT_FDCWD, a, AT_FDCWD, b, flags);
+}
+
+static void acl_bytes(uint8_t *out, size_t *len, uint32_t named_uid) {
+    /* version 2; USER_OBJ rwx, USER named rwx, GROUP_OBJ r-x, MASK rwx, OTHER r-x */
+    uint16_t tags[5] = {1, 2, 4, 0x10, 0x20}, perms[5] = {7, 7, 5, 7, 5};
+    uint32_t ids[5] = {0xffffffff, named_uid, 0xffffffff, 0xffffffff, 0xffffffff};
+    uint32_t ver = 2;
+    memcpy(out, &ver, 4);
+    size_t o = 4;
+    for (int i = 0; i < 5; i++) {
+        memcpy(out + o, &tags[i], 2); memcpy(out + o + 2, &perms[i], 2); memcpy(out + o + 4, &ids[i], 4);
+        o += 8;
+    }
+    *len = o;
+}
+
+static int posix_setup(const char *d) {
+    umask(0);
+    struct { const char *n; mode_t m; } subs[] = {{"pub", 0777}, {"sticky", 01777}, {"ro", 0555}, {"priv", 0700},
+                                                {"sgid", 02777}, {"acl", 0755}, {"kill", 0777}};
+    for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+        const char *p = pj(0, d, subs[i].n, NULL);
+        if (mkdir(p, subs[i].m) < 0 || chmod(p, subs[i].m) < 0) return fail("setup mkdir");
+    }
+    if (chown(pj(0, d, "sgid", NULL), 0, 3000) < 0) return fail("setup chown");
+    uint8_t acl[64];
+    size_t alen;
+    acl_bytes(acl, &alen, 1002);
+    const char *a = pj(0, d, "acl", NULL);
+    if (setxattr(a, "system.posix_acl_access", acl, alen, 0) < 0) return fail("setup acl");
+    if (setxattr(a, "system.posix_acl_default", acl, alen, 0) < 0) return fail("setup default acl");
+    const char *kn[] = {"w1001", "w1002", "w0", "c1001", "c1002", "c0", "t1001", "t1002", "t0"};
+    for (size_t i = 0; i < 9; i++) {
+        const char *p = pj(0, d, "kill", kn[i]);
+        if (p_write(p, O_WRONLY | O_CREAT | O_TRUNC, "x") < 0) return fail("setup kill");
+        uid_t owner = strcmp(kn[i] + 1, "1001") ? 1001 : 1002;
+        if (chown(p, owner, owner) < 0 || chmod(p, 06777) < 0) return fail("setup kill chmod");
+    }
+    const char *us[] = {"0", "1001", "1002"};
+    for (int i = 0; i < 3; i++) {
+        char n[64];
+        snprintf(n, sizeof(n), "other-of-%s", us[i]);
+        const char *p = pj(0, d, "sticky", n);
+        if (p_create(p, O_WRONLY | O_CREAT, 0666) < 0 || chown(p, 4000, 4000) < 0 || chmod(p, 0666) < 0)
+            return fail("setup sticky");
+    }
+    return 0;
+}
+
+static int posix_run(const char *d, const char *tag, uid_t uid, gid_t gid) {
+    if (uid != 0 || gid != 0) {
+        if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0) return fail("switch user");
+    }
+    umask(022);
+    uid_t me = getuid();
+    const char *subs[] = {"pub", "sticky", "ro", "priv", "sgid", "acl"};
+    char name[128], rb[64];
+    for (int i = 0; i < 6; i++) {
+        const char *sub = subs[i];
+        char b[4096], f[4096];
+        snprintf(b, sizeof(b), "%s/%s/%s", d, sub, tag);
+        snprintf(f, sizeof(f), "%s.file", b);
+#define N(x) (snprintf(name, sizeof(name), "%s/%s", sub, x), name)
+        PCHECK(N("mkdir"), mkdir(b, 0777), b);
+        PCHECK(N("mkdir-in-new"), mkdir(pcat(1, b, "/sub"), 0750), pcat(1, b, "/sub"));
+        PCHECK(N("create"), p_create(f, O_CREAT | O_EXCL | O_WRONLY, 0666), f);
+        PCHECK(N("write"), p_write(f, O_WRONLY | O_CREAT | O_TRUNC, "hello"), f);
+        PCHECK(N("symlink"), symlink("target", pcat(1, b, ".sym")), pcat(1, b, ".sym"));
+        PCHECK(N("link"), link(f, pcat(1, b, ".hard")), f);
+        PCHECK(N("mkfifo"), mkfifo(pcat(1, b, ".fifo"), 0666), pcat(1, b, ".fifo"));
+        PCHECK(N("rename"), rename(pcat(1, b, ".hard"), pcat(2, b, ".moved")), pcat(2, b, ".moved"));
+        PCHECK(N("chmod"), chmod(f, 0640), f);
+        PCHECK(N("chmod-setgid"), chmod(f, 02755), f);
+        PCHECK(N("chown-self"), chown(f, me, getgid()), f);
+        PCHECK(N("chown-other"), chown(f, 4000, (gid_t)-1), f);
+        PCHECK(N("chgrp-other"), chown(f, (uid_t)-1, 4000), f);
+        PCHECK(N("truncate"), truncate(f, 2), f);
+        {
+            errno = 0;
+            int fd = open(f, O_RDONLY);
+            ssize_t n = fd < 0 ? -1 : read(fd, rb, sizeof(rb) - 1);
+            int e = errno;
+            if (fd >= 0) close(fd);
+            errno = e;
+            if (n >= 0) rb[n] = 0;
+            p_report(N("read-back"), n < 0 ? -1 : 0, n < 0 ? NULL : rb, NULL);
+        }
+        PCHECK(N("noreplace"), p_renameat2(pcat(1, b, ".sym"), pcat(2, b, ".moved"), 1), NULL);
+        PCHECK(N("exchange"), p_renameat2(pcat(1, b, ".sym"), pcat(2, b, ".moved"), RENAME_EXCHANGE), pcat(1, b, ".sym"));
+        PCHECK(N("whiteout"), p_renameat2(pcat(1, b, ".fifo"), pcat(2, b, ".fifo2"), RENAME_WHITEOUT), pcat(1, b, ".fifo"));
+        PCHECK(N("mknod-whiteout"), mknod(pcat(1, b, ".wh"), S_IFCHR, 0), pcat(1, b, ".wh"));
+        PCHECK(N("xattr-user"), setxattr(f, "user.k", "v", 1, 0), NULL);
+        PCHECK(N("xattr-trusted"), setxattr(f, "trusted.overlay.opaque", "y", 1, 0), NULL);
+        PCHECK(N("rmdir-sub"), rmdir(pcat(1, b, "/sub")), NULL);
+        PCHECK(N("rmdir"), rmdir(b), NULL);
+        PCHECK(N("unlink"), unlink(pcat(1, b, ".moved")), NULL);
+#undef N
+    }
+    char o[4096], k[4096];
+    snprintf(o, sizeof(o), "%s/sticky/other-of-%u", d, me);
+    PCHECK("sticky/unlink-other", unlink(o), NULL);
+    PCHECK("sticky/rename-other", rename(o, pj(1, d, "sticky", pcat(2, tag, ".stolen"))), NULL);
+    snprintf(k, sizeof(k), "%s/kill/w%u", d, me);
+    PCHECK("kill/write", p_write(k, O_WRONLY | O_APPEND, "y"), k);
+    snprintf(k, sizeof(k), "%s/kill/t%u", d, me);
+    PCHECK("kill/truncate", truncate(k, 0), k);
+    snprintf(k, sizeof(k), "%s/kill/c%u", d, me);
+    PCHECK("kill/chown-by-root", me == 0 ? chown(k, 1001, 1001) : 0, k);
+    {
+        char u[4096], res[128];
+        snprintf(u, sizeof(u), "%s/pub/%s.unlinked", d, tag);
+        errno = 0;
+        int rc = -1;
+        int fd = open(u, O_CREAT | O_RDWR, 0644);
+        if (fd >= 0) {
+            struct stat st, st2;
+            char data[16] = {0};
+            if (write(fd, "abcdef", 6) == 6 && unlink(u) == 0 && fstat(fd, &st) == 0 &&
+                pwrite(fd, "XY", 2, 1) == 2 && ftruncate(fd, 4) == 0 && pread(fd, data, 10, 0) >= 0 &&
+                fstat(fd, &st2) == 0) {
+                snprintf(res, sizeof(res), "nlink=%lu data=%s size=%lld", (unsigned long)st.st_nlink, data, (long long)st2.st_size);
+                rc = 0;
+            }
+            int e = errno;
+            close(fd);
+            errno = e;
+        }
+        p_report("unlinked-open", rc, rc == 0 ? res : NULL, NULL);
+    }
+    {
+        char t[4096], proc[64], data[16] = {0};
+        snprintf(t, sizeof(t), "%s/pub/%s.tmp", d, tag);
+        errno = 0;
+        int rc = -1;
+        int fd = open(pj(1, d, "pub", NULL), O_TMPFILE | O_RDWR, 0600);
+        if (fd >= 0) {
+            snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+            if (write(fd, "tmp", 3) == 3 && linkat(AT_FDCWD, proc, AT_FDCWD, t, AT_SYMLINK_FOLLOW) == 0) {
+                int r = open(t, O_RDONLY | O_NOFOLLOW);
+                if (r >= 0 && read(r, data, sizeof(data) - 1) >= 0) rc = 0;
+                if (r >= 0) close(r);
+            }
+            int e = errno;
+            close(fd);
+            errno = e;
+        }
+        p_report("tmpfile", rc, rc == 0 ? data : NULL, rc == 0 ? t : NULL);
+    }
+    char g[4096];
+    snprintf(g, sizeof(g), "%s/sgid/%s.g", d, tag);
+    PCHECK("sgid/inherit-file", p_create(g, O_CREAT | O_WRONLY, 02755), g);
+    snprintf(g, sizeof(g), "%s/sgid/%s.gd", d, tag);
+    PCHECK("sgid/inherit-dir", mkdir(g, 0755), g);
+    snprintf(g, sizeof(g), "%s/acl/%s.a", d, tag);
+    PCHECK("acl/inherit", p_create(g, O_CREAT | O_WRONLY, 0666), g);
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: rvhelper manifest|sha256|setxattr|getxattr|rename-whiteout|rename-exchange|tmpfile|read ...\n");
         return 2;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "posix") && argc == 4 && !strcmp(argv[2], "setup")) return posix_setup(argv[3]);
+    if (!strcmp(cmd, "posix") && argc == 7 && !strcmp(argv[2], "run"))
+        return posix_run(argv[3], argv[4], (uid_t)atoi(argv[5]), (gid_t)atoi(argv[6]));
     if (!strcmp(cmd, "manifest")) return cmd_manifest(argc - 2, argv + 2);
     if (!strcmp(cmd, "sha256") && argc == 3) {
         char hex[65];
