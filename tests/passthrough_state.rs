@@ -131,7 +131,8 @@ fn open_fds() -> usize {
 }
 
 /// Looking up 100,000 files (and keeping every lookup, as a guest with a big dentry cache
-/// does) holds at most the fd cache's worth of fds: the inodes are remembered by handle.
+/// does) under a soft RLIMIT_NOFILE of 1,024 never fails and holds at most the fd cache's
+/// worth of fds: the inodes are remembered by handle.
 #[test]
 fn lookups_of_many_files_hold_a_bounded_number_of_fds() {
     let share = tempfile::tempdir().unwrap();
@@ -147,6 +148,19 @@ fn lookups_of_many_files_hold_a_bounded_number_of_fds() {
     }
     let ctx = Context::default();
     let fs = new_fs(h);
+    // A soft fd limit far below the number of inodes: any per-inode fd would hit it.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit buffer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let low = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above; the soft limit stays below the hard one.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
     let before = open_fds();
     for d in 0..n_dirs {
         let de = fs.lookup(&ctx, 1, &name(&format!("d{d}"))).unwrap();
@@ -166,4 +180,6 @@ fn lookups_of_many_files_hold_a_bounded_number_of_fds() {
     let de = fs.lookup(&ctx, 1, &name("d0")).unwrap();
     let e = fs.lookup(&ctx, de.inode, &name("f0")).unwrap();
     assert!(fs.getattr(&ctx, e.inode, None).is_ok());
+    // SAFETY: restores the limit read above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
