@@ -223,6 +223,76 @@ fn requests_cannot_escape_the_shared_dir() {
     }
     assert!(!Path::new("/etc/new").exists());
     assert!(!Path::new("/new").exists());
+
+    // A FIFO or device node is never opened on the host (an open would block or reach a
+    // device): the answer is immediate and an error.
+    let fifo = h.join("fifo");
+    let cfifo = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(cfifo.as_ptr(), 0o666) }, 0);
+    let e = fs.lookup(&ctx, root, &name("fifo")).unwrap();
+    for fl in [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR] {
+        let r = fs.open(&ctx, e.inode, fl as u32, 0);
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENXIO));
+    }
+    let null = fs.lookup(&ctx, root, &name("abs")).unwrap();
+    assert!(fs.opendir(&ctx, null.inode, 0).is_err());
+}
+
+/// A host process swaps a directory of the share for a symlink to /etc, again and again,
+/// while lookups walk through it: no lookup ever reaches a file outside the share.
+#[test]
+fn racing_dir_symlink_swaps_never_lead_outside() {
+    let share = tempfile::tempdir().unwrap();
+    let h = share.path().to_path_buf();
+    std::fs::create_dir(h.join("d")).unwrap();
+    std::fs::write(h.join("d/passwd"), b"inside").unwrap();
+    let outside = std::fs::metadata("/etc/passwd").unwrap();
+    let fs = PassthroughFs::new(Config::new(&h)).unwrap();
+    fs.init(fuse_backend_rs::abi::fuse_abi::FsOptions::empty())
+        .unwrap();
+    let ctx = Context::default();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (h, stop) = (h.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // d -> d.real, symlink d -> /etc, then back.
+                let _ = std::fs::rename(h.join("d"), h.join("d.real"));
+                let _ = std::os::unix::fs::symlink("/etc", h.join("d"));
+                let _ = std::fs::remove_file(h.join("d"));
+                let _ = std::fs::rename(h.join("d.real"), h.join("d"));
+                n += 1;
+            }
+            n
+        })
+    };
+    let (mut inside, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        let Ok(d) = fs.lookup(&ctx, 1, &CString::new("d").unwrap()) else {
+            refused += 1;
+            continue;
+        };
+        match fs.lookup(&ctx, d.inode, &CString::new("passwd").unwrap()) {
+            Ok(e) => {
+                assert!(
+                    !(e.attr.st_ino == outside.ino() && e.attr.st_dev == outside.dev()),
+                    "reached /etc/passwd"
+                );
+                inside += 1;
+                fs.forget(&ctx, e.inode, 1);
+            }
+            Err(_) => refused += 1,
+        }
+        fs.forget(&ctx, d.inode, 1);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(
+        swaps > 10 && inside > 0,
+        "swaps {swaps}, inside {inside}, refused {refused}"
+    );
 }
 
 #[test]

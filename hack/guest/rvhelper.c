@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sys/file.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -303,7 +304,7 @@ static const char *errname(int e) {
     case ENODATA: return "ENODATA"; case EBADF: return "EBADF"; case ENXIO: return "ENXIO";
     case EIO: return "EIO"; case ENOSPC: return "ENOSPC"; case EMLINK: return "EMLINK";
     case EBUSY: return "EBUSY"; case ENAMETOOLONG: return "ENAMETOOLONG"; case ENOSYS: return "ENOSYS";
-    case EFBIG: return "EFBIG"; case ESTALE: return "ESTALE";
+    case EFBIG: return "EFBIG"; case ESTALE: return "ESTALE"; case EAGAIN: return "EAGAIN";
     }
     snprintf(buf, sizeof(buf), "E%d", e);
     return buf;
@@ -506,6 +507,19 @@ static int posix_run(const char *d, const char *tag, uid_t uid, gid_t gid) {
         }
         p_report("tmpfile", rc, rc == 0 ? data : NULL, rc == 0 ? t : NULL);
     }
+    {
+        /* Locks: a second open file description conflicts, with flock and with OFD locks. */
+        char l[4096];
+        snprintf(l, sizeof(l), "%s/pub/%s.lock", d, tag);
+        int a = open(l, O_CREAT | O_RDWR, 0644), b = open(l, O_RDWR);
+        PCHECK("flock-first", a < 0 ? -1 : flock(a, LOCK_EX | LOCK_NB), NULL);
+        PCHECK("flock-second", b < 0 ? -1 : flock(b, LOCK_EX | LOCK_NB), NULL);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
+        PCHECK("ofd-lock-first", a < 0 ? -1 : fcntl(a, F_OFD_SETLK, &fl), NULL);
+        PCHECK("ofd-lock-second", b < 0 ? -1 : fcntl(b, F_OFD_SETLK, &fl), NULL);
+        if (a >= 0) close(a);
+        if (b >= 0) close(b);
+    }
     char g[4096];
     snprintf(g, sizeof(g), "%s/sgid/%s.g", d, tag);
     PCHECK("sgid/inherit-file", p_create(g, O_CREAT | O_WRONLY, 02755), g);
@@ -526,6 +540,26 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "posix") && argc == 4 && !strcmp(argv[2], "setup")) return posix_setup(argv[3]);
     if (!strcmp(cmd, "posix") && argc == 7 && !strcmp(argv[2], "run"))
         return posix_run(argv[3], argv[4], (uid_t)atoi(argv[5]), (gid_t)atoi(argv[6]));
+    if (!strcmp(cmd, "randread") && argc == 6) {
+        /* randread FILE COUNT BS direct|buffered: COUNT preads of BS bytes at random aligned
+         * offsets (fixed seed); prints "ok COUNT" */
+        int direct = !strcmp(argv[5], "direct");
+        int fd = open(argv[2], O_RDONLY | (direct ? O_DIRECT : 0));
+        if (fd < 0) return fail("open");
+        struct stat st;
+        if (fstat(fd, &st) < 0) return fail("fstat");
+        long count = atol(argv[3]), bs = atol(argv[4]);
+        if (bs <= 0 || st.st_size < bs) { fprintf(stderr, "file too small\n"); return 2; }
+        void *buf;
+        if (posix_memalign(&buf, 4096, (size_t)bs)) return fail("posix_memalign");
+        uint64_t x = 88172645463325252ull, blocks = (uint64_t)(st.st_size / bs);
+        for (long i = 0; i < count; i++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            if (pread(fd, buf, (size_t)bs, (off_t)((x % blocks) * (uint64_t)bs)) != bs) return fail("pread");
+        }
+        printf("ok %ld\n", count);
+        return 0;
+    }
     if (!strcmp(cmd, "manifest")) return cmd_manifest(argc - 2, argv + 2);
     if (!strcmp(cmd, "sha256") && argc == 3) {
         char hex[65];
