@@ -107,6 +107,17 @@ pub struct HandleData {
     dir_lock: Mutex<()>,
 }
 
+/// Restores the thread's umask on drop.
+struct UmaskGuard(Option<u32>);
+
+impl Drop for UmaskGuard {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            sys::set_umask(m);
+        }
+    }
+}
+
 /// FUSE options negotiated at INIT that change how requests are served.
 #[derive(Default)]
 struct Session {
@@ -214,7 +225,7 @@ impl PassthroughFs {
             ino: st.st_ino,
             mnt,
         };
-        let handle = self.handle_for(self.root_fd.as_fd(), libc::S_IFDIR, mnt)?;
+        let handle = self.handle_for(self.root_fd.as_fd(), libc::S_IFDIR)?;
         self.inodes.reserve_pin()?;
         self.inodes.insert(
             key,
@@ -253,7 +264,6 @@ impl PassthroughFs {
         &self,
         fd: BorrowedFd<'_>,
         kind: u32,
-        _mnt: u64,
     ) -> io::Result<Option<(sys::FileHandle, Arc<inode::MountFd>)>> {
         let Some((h, mnt_id)) = sys::name_to_handle(fd)? else {
             return Ok(None);
@@ -385,7 +395,7 @@ impl PassthroughFs {
             }
         }
         if handle.is_none() && !pin {
-            handle = self.handle_for(fd.as_fd(), kind, mnt)?;
+            handle = self.handle_for(fd.as_fd(), kind)?;
         }
         let fd = Arc::new(fd);
         let pinned = if handle.is_none() {
@@ -426,7 +436,7 @@ impl PassthroughFs {
         if inode.kind == kind && inode.handle.is_none() {
             return Ok(Ok(()));
         }
-        let new = self.handle_for(fd, kind, inode.key.mnt)?;
+        let new = self.handle_for(fd, kind)?;
         match (&inode.handle, &new) {
             (Some((a, _)), Some((b, _))) if a == b && inode.kind == kind => Ok(Ok(())),
             _ => Ok(Err(new)),
@@ -532,24 +542,20 @@ impl PassthroughFs {
     }
 
     /// Sets the thread umask for a create: the guest's umask when it left masking to us
-    /// (FUSE_DONT_MASK, so a default ACL can override it), else 0 (already applied).
-    fn create_umask(&self, umask: u32) -> u32 {
-        if self.umask_ok.load(Ordering::Relaxed) && sys::thread_private_fs() {
-            let m = if self.session.dont_mask.load(Ordering::Relaxed) {
-                umask & 0o7777
-            } else {
-                0
-            };
-            sys::set_umask(m);
+    /// (FUSE_DONT_MASK, so a default ACL can override it), else 0 (already applied). Returns
+    /// the mask to apply by hand (when the thread cannot have its own umask) and a guard that
+    /// puts the thread's umask back, so other work on this thread (cache files) keeps it.
+    fn create_umask(&self, umask: u32) -> (u32, UmaskGuard) {
+        let want = if self.session.dont_mask.load(Ordering::Relaxed) {
+            umask & 0o7777
+        } else {
             0
+        };
+        if self.umask_ok.load(Ordering::Relaxed) && sys::thread_private_fs() {
+            (0, UmaskGuard(Some(sys::set_umask(want))))
         } else {
             self.umask_ok.store(false, Ordering::Relaxed);
-            // Apply by hand when the thread cannot have its own umask.
-            if self.session.dont_mask.load(Ordering::Relaxed) {
-                umask & 0o7777
-            } else {
-                0
-            }
+            (want, UmaskGuard(None))
         }
     }
 
@@ -564,7 +570,7 @@ impl PassthroughFs {
     ) -> io::Result<Entry> {
         check_name(name)?;
         let pfd = self.inode_fd(parent)?;
-        let manual_mask = self.create_umask(umask);
+        let (manual_mask, _u) = self.create_umask(umask);
         {
             let _c = CredGuard::switch(ctx.uid, ctx.gid)?;
             make(pfd.as_fd(), manual_mask)?;
@@ -580,7 +586,7 @@ impl PassthroughFs {
         args: &CreateIn,
     ) -> io::Result<(Entry, u64, OpenOptions)> {
         let pfd = self.inode_fd(parent)?;
-        let mask = self.create_umask(args.umask);
+        let (mask, _u) = self.create_umask(args.umask);
         let flags = (self.host_flags(args.flags) & !libc::O_TRUNC) | libc::O_TMPFILE;
         let fd = {
             let _c = CredGuard::switch(ctx.uid, ctx.gid)?;
@@ -713,7 +719,7 @@ impl PassthroughFs {
         fh: u64,
         size: u32,
         offset: u64,
-        mut add: impl FnMut(DirEntry, Option<u64>) -> io::Result<usize>,
+        mut add: impl FnMut(DirEntry, Option<Entry>) -> io::Result<usize>,
         plus: bool,
     ) -> io::Result<()> {
         let h = self.handle(fh)?;
@@ -740,7 +746,7 @@ impl PassthroughFs {
                 let looked = if plus && !dot {
                     let cname = CString::new(name).map_err(|_| errno(libc::EINVAL))?;
                     match self.do_lookup(inode, &cname) {
-                        Ok(e) => Some(e.inode),
+                        Ok(e) => Some(e),
                         // Gone since getdents: skip it.
                         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT)) => {
                             off = doff;
@@ -751,9 +757,10 @@ impl PassthroughFs {
                 } else {
                     None
                 };
+                let id = looked.as_ref().map(|e| e.inode);
                 let used = add(de, looked)?;
                 if used == 0 {
-                    if let Some(id) = looked {
+                    if let Some(id) = id {
                         self.forget_one(id, 1);
                     }
                     return Ok(());
@@ -1049,7 +1056,7 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         check_name(name)?;
         let pfd = self.inode_fd(parent)?;
-        let mask = self.create_umask(args.umask);
+        let (mask, _u) = self.create_umask(args.umask);
         let hf = self.host_flags(args.flags) | libc::O_CREAT;
         let kill = args.fuse_flags & FOPEN_IN_KILL_SUIDGID != 0 && hf & libc::O_TRUNC != 0;
         let fd = {
@@ -1292,24 +1299,15 @@ impl FileSystem for PassthroughFs {
             size,
             offset,
             |d, looked| {
-                let e = match looked.and_then(|id| self.inodes.get(id)) {
-                    Some(node) => {
-                        let st = self
-                            .fd_of(&node)
-                            .and_then(|fd| sys::fstat(fd.as_fd()))
-                            .unwrap_or_else(|_| sys::zeroed_stat());
-                        self.entry(&node, st)
-                    }
-                    // `.` and `..`: no lookup, no attributes (the kernel skips them).
-                    None => Entry {
-                        inode: 0,
-                        generation: 0,
-                        attr: sys::zeroed_stat(),
-                        attr_flags: 0,
-                        attr_timeout: Duration::ZERO,
-                        entry_timeout: Duration::ZERO,
-                    },
-                };
+                // `.` and `..`: no lookup, no attributes (the kernel skips them).
+                let e = looked.unwrap_or(Entry {
+                    inode: 0,
+                    generation: 0,
+                    attr: sys::zeroed_stat(),
+                    attr_flags: 0,
+                    attr_timeout: Duration::ZERO,
+                    entry_timeout: Duration::ZERO,
+                });
                 add_entry(d, e)
             },
             true,
@@ -1367,5 +1365,45 @@ impl FileSystem for PassthroughFs {
             return Err(io::Error::last_os_error());
         }
         Ok(r as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_missing_dir() {
+        let r = PassthroughFs::new(Config::new(Path::new("/nonexistent/xyz")));
+        assert!(matches!(r, Err(PassthroughError::NotADirectory(_))));
+    }
+
+    #[test]
+    fn names_are_single_components() {
+        for bad in ["", "a/b", "/", "."] {
+            let c = CString::new(bad).unwrap();
+            assert!(check_name(&c).is_err(), "{bad:?}");
+        }
+        assert!(check_name(c"ok").is_ok());
+    }
+
+    /// A create applies the guest's umask on the serving thread only for the create: the
+    /// thread's own umask (used by e.g. cache files) is back afterwards.
+    #[test]
+    fn create_restores_the_thread_umask() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = PassthroughFs::new(Config::new(d.path())).unwrap();
+        fs.init(FsOptions::DONT_MASK).unwrap();
+        std::thread::spawn(move || {
+            assert!(sys::thread_private_fs());
+            sys::set_umask(0o027);
+            let ctx = Context::default();
+            let e = fs.mkdir(&ctx, ROOT_ID, c"d", 0o777, 0o002).expect("mkdir");
+            assert_eq!(e.attr.st_mode & 0o777, 0o775, "guest umask applied");
+            let now = sys::set_umask(0o027);
+            assert_eq!(now, 0o027, "thread umask restored");
+        })
+        .join()
+        .unwrap();
     }
 }
