@@ -112,7 +112,7 @@ fn wait_ready_like_kata(daemon: &Daemon, rt: Runtime) {
     }
 }
 
-fn replay(rt: Runtime) {
+fn replay(rt: Runtime, confined: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let fx = fixture("v6-zstd-64k-base");
     let cache = tmp.path().join("cache");
@@ -138,6 +138,25 @@ fn replay(rt: Runtime) {
     });
     fs::create_dir_all(&share).unwrap();
 
+    // Confined: the host side is a shared mount (as systemd makes `/`), so the bind mounts
+    // Kata makes in the share later propagate into the daemon's namespace.
+    let _shared = confined.then(|| {
+        let b = Bind::new(tmp.path(), tmp.path());
+        let c = CString::new(tmp.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path; null source/fstype/data are allowed here.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "make-shared: {}", std::io::Error::last_os_error());
+        b
+    });
+
     // 1. argv exactly as Kata builds it; virtio_fs_extra_args = [].
     let mut daemon = Daemon::spawn(|sock, api| {
         let mut a: Vec<OsString> = vec!["virtiofs".into()];
@@ -152,6 +171,14 @@ fn replay(rt: Runtime) {
             "--sock".into(),
             sock.into(),
         ]);
+        if confined {
+            // kata-config's confinement fragment: only the sandboxes, the snapshotter's tree
+            // (here the fixture and the cache) are visible.
+            a.extend(["--sandbox".into(), "namespace".into()]);
+            for r in [tmp.path(), fx.as_path()] {
+                a.extend(["--allowed-root".into(), r.into()]);
+            }
+        }
         a
     });
     // 2. readiness, 3. the sandbox share; the VM starts only after that 204.
@@ -304,11 +331,18 @@ fi
 /// Kata Go runtime sequence: raw mountpoints, no `--hybrid-mode`.
 #[test]
 fn kata_go_runtime_replay() {
-    replay(Runtime::Go);
+    replay(Runtime::Go, false);
+}
+
+/// The Go runtime sequence with `virtio_fs_extra_args` from kata-config's confinement
+/// fragment: `--sandbox namespace` and `--allowed-root` for the sandboxes and images.
+#[test]
+fn kata_go_runtime_replay_confined() {
+    replay(Runtime::Go, true);
 }
 
 /// Kata runtime-rs sequence: `--hybrid-mode`, percent-encoded mountpoints.
 #[test]
 fn kata_runtime_rs_replay() {
-    replay(Runtime::Rs);
+    replay(Runtime::Rs, false);
 }

@@ -16,6 +16,7 @@ use fuse_backend_rs::transport::FuseSession;
 
 use crate::api::{self, ApiContext, DaemonState};
 use crate::fs::vfs::{FsTree, FsType, MountError};
+use crate::sandbox::{self, SandboxConfig, SandboxError, SandboxMode, SeccompMode};
 use crate::vhost_user::{self, pool::ThreadPool, DeviceConfig, MAX_REQUEST_QUEUES};
 
 /// Default number of threads that run FUSE requests.
@@ -47,6 +48,9 @@ pub enum DaemonError {
     /// A system call failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// The filesystems to mount at start-up (nydusd's standalone options).
@@ -73,6 +77,91 @@ pub struct CommonOptions {
     pub mounts: StartupMounts,
     /// Daemon id reported by the API (`--id`).
     pub id: Option<String>,
+    /// Least privilege (`--sandbox`, `--seccomp`, `--allowed-root`, `--socket-group`).
+    pub security: SecurityOptions,
+}
+
+/// The sandbox options.
+#[derive(Debug, Clone)]
+pub struct SecurityOptions {
+    /// `--sandbox`.
+    pub sandbox: SandboxMode,
+    /// `--seccomp`.
+    pub seccomp: SeccompMode,
+    /// `--allowed-root`: where API mounts may take their sources from (empty: anywhere, unless
+    /// the namespace sandbox is on).
+    pub allowed_roots: Vec<PathBuf>,
+    /// `--socket-group`: the sockets are 0660 and owned by this group (else 0600).
+    pub socket_group: Option<u32>,
+}
+
+impl Default for SecurityOptions {
+    fn default() -> Self {
+        SecurityOptions {
+            sandbox: SandboxMode::None,
+            seccomp: SeccompMode::Kill,
+            allowed_roots: Vec::new(),
+            socket_group: None,
+        }
+    }
+}
+
+impl CommonOptions {
+    /// The sandbox for these options; `sockets` are the sockets the daemon will create.
+    fn sandbox_config(&self, sockets: &[&Path], fuse: bool) -> SandboxConfig {
+        let mut visible = self.security.allowed_roots.clone();
+        let m = &self.mounts;
+        visible.extend(m.shared_dir.iter().cloned());
+        visible.extend(m.bootstrap.iter().cloned());
+        visible.extend(m.config.iter().cloned());
+        for s in sockets.iter().copied().chain(self.apisock.as_deref()) {
+            if let Some(d) = s.parent() {
+                visible.push(if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_path_buf()
+                });
+            }
+        }
+        SandboxConfig {
+            mode: self.security.sandbox,
+            seccomp: self.security.seccomp,
+            visible,
+            passthrough: m.shared_dir.is_some() || self.apisock.is_some(),
+            fuse,
+        }
+    }
+}
+
+/// Creates a socket with `bind` under umask 0177 (so it is 0600 whatever the caller's umask),
+/// then gives it to `group` (0660) when one is set.
+fn bind_private<T, E>(
+    path: &Path,
+    group: Option<u32>,
+    bind: impl FnOnce() -> Result<T, E>,
+) -> Result<T, DaemonError>
+where
+    DaemonError: From<E>,
+{
+    // SAFETY: umask cannot fail; start-up runs this on the main thread before the
+    // passthrough's serving threads (which have their own umask) exist.
+    let old = unsafe { libc::umask(0o177) };
+    let r = bind();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let v = r?;
+    if let Some(g) = group {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| DaemonError::Usage(format!("bad socket path {}", path.display())))?;
+        // SAFETY: NUL-terminated path.
+        if unsafe { libc::chown(c.as_ptr(), u32::MAX, g) } != 0
+            // SAFETY: NUL-terminated path.
+            || unsafe { libc::chmod(c.as_ptr(), 0o660) } != 0
+        {
+            return Err(DaemonError::Io(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(v)
 }
 
 /// Initialises env_logger on stderr at `level` (trace, debug, info, warn, error, off).
@@ -158,6 +247,17 @@ pub fn mount_startup(tree: &FsTree, m: &StartupMounts) -> Result<(), DaemonError
     Ok(())
 }
 
+/// The roots API mounts must lie under: `--allowed-root`s (and, in the namespace sandbox, the
+/// shared dir), or none (anywhere) when no root is given.
+fn allowed_roots(common: &CommonOptions) -> Vec<PathBuf> {
+    let mut v = common.security.allowed_roots.clone();
+    if !v.is_empty() || common.security.sandbox == SandboxMode::Namespace {
+        v.extend(common.mounts.shared_dir.iter().cloned());
+        v.extend(common.mounts.bootstrap.iter().cloned());
+    }
+    v
+}
+
 /// Delivers SIGTERM/SIGINT on a channel.
 fn signal_channel() -> Result<Receiver<i32>, DaemonError> {
     let mut signals = signal_hook::iterator::Signals::new([
@@ -195,16 +295,20 @@ pub fn run_virtiofs(
             "--num-request-queues must be in 1..={MAX_REQUEST_QUEUES}"
         )));
     }
+    let sb = common.sandbox_config(&[sock], false);
+    sandbox::enter(&sb)?;
     let signals = signal_channel()?;
     let tree = Arc::new(FsTree::new());
+    tree.set_allowed_roots(allowed_roots(common));
     mount_startup(&tree, &common.mounts)?;
     let ctx = ApiContext::new(tree.clone(), common.id.clone());
 
-    let mut listener = vhost_user::listen(sock)?;
+    let group = common.security.socket_group;
+    let mut listener = bind_private(sock, group, || vhost_user::listen(sock))?;
     log::info!("vhost-user-fs socket listening on {}", sock.display());
     ctx.set_state(DaemonState::Running);
     if let Some(a) = &common.apisock {
-        api::start(a, ctx.clone())?;
+        bind_private(a, group, || api::start(a, ctx.clone()))?;
         log::info!("API listening on {}", a.display());
     }
 
@@ -224,6 +328,7 @@ pub fn run_virtiofs(
                 let _ = done_tx.send(r);
             })?;
     }
+    sandbox::lock_down(&sb)?;
 
     let result = crossbeam_channel::select! {
         recv(signals) -> s => {
@@ -248,8 +353,17 @@ pub fn run_virtiofs(
 /// Runs FUSE mode: mounts the tree at `mountpoint` through /dev/fuse until SIGTERM/SIGINT
 /// or until the mount is removed (e.g. `umount`).
 pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonError> {
+    if common.security.sandbox == SandboxMode::Namespace {
+        return Err(DaemonError::Usage(
+            "--sandbox namespace is for virtiofs mode (the FUSE mount must stay visible on the host)"
+                .into(),
+        ));
+    }
+    let sb = common.sandbox_config(&[], true);
+    sandbox::enter(&sb)?;
     let signals = signal_channel()?;
     let tree = Arc::new(FsTree::new());
+    tree.set_allowed_roots(allowed_roots(common));
     mount_startup(&tree, &common.mounts)?;
     let ctx = ApiContext::new(tree.clone(), common.id.clone());
 
@@ -262,7 +376,9 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
     log::info!("FUSE mounted at {}", mountpoint.display());
     ctx.set_state(DaemonState::Running);
     if let Some(a) = &common.apisock {
-        api::start(a, ctx.clone())?;
+        bind_private(a, common.security.socket_group, || {
+            api::start(a, ctx.clone())
+        })?;
     }
 
     let server = Arc::new(tree.dispatcher());
@@ -299,6 +415,7 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
             })?;
     }
     drop(done_tx);
+    sandbox::lock_down(&sb)?;
 
     crossbeam_channel::select! {
         recv(signals) -> s => log::info!("signal {} received, unmounting", s.unwrap_or(0)),

@@ -9,6 +9,7 @@
 //! - [`vhost_user`]: the vhost-user-fs device.
 //! - [`api`]: the nydusd-compatible HTTP API on a unix socket.
 //! - [`overlay_helper`]: the `nydus-overlayfs` mount helper.
+//! - [`sandbox`]: least privilege: capabilities, no_new_privs, seccomp, mount namespace.
 //! - [`daemon`]: process wiring, signals and the CLI's run loops.
 
 pub mod api;
@@ -17,5 +18,6 @@ pub mod daemon;
 pub mod fs;
 pub mod overlay_helper;
 pub mod rafs;
+pub mod sandbox;
 pub mod storage;
 pub mod vhost_user;

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use rafs_virtiofsd::daemon::{self, CommonOptions, StartupMounts, DEFAULT_THREAD_POOL_SIZE};
+use rafs_virtiofsd::daemon::{
+    self, CommonOptions, SecurityOptions, StartupMounts, DEFAULT_THREAD_POOL_SIZE,
+};
+use rafs_virtiofsd::sandbox::{SandboxMode, SeccompMode};
 
 /// Command line. Options marked global may come before or after the subcommand.
 #[derive(Parser, Debug)]
@@ -58,6 +61,36 @@ struct GlobalOpts {
     /// Accepted for nydusd compatibility and ignored.
     #[arg(long, global = true, hide = true)]
     supervisor: Option<String>,
+    /// Filesystem confinement: namespace (a private mount namespace holding only the
+    /// allowed trees) or none. Default none. virtiofsd's `--sandbox` (no chroot mode here).
+    #[arg(long, global = true, default_value = "none", value_parser = ["namespace", "none"])]
+    sandbox: String,
+    /// Action for a syscall outside the seccomp allowlist: kill, log, trap or none. Default
+    /// kill (or $RAFS_VIRTIOFSD_SECCOMP). As virtiofsd's `--seccomp`.
+    #[arg(long, global = true, value_parser = ["kill", "log", "trap", "none"])]
+    seccomp: Option<String>,
+    /// A tree API mounts may take sources from (repeatable); with `--sandbox namespace` the
+    /// only trees the daemon sees besides shares and sockets. Default: anywhere (no sandbox).
+    #[arg(long = "allowed-root", global = true)]
+    allowed_roots: Vec<PathBuf>,
+    /// Group (name or gid) given the sockets, which are then 0660 instead of 0600.
+    #[arg(long, global = true)]
+    socket_group: Option<String>,
+}
+
+/// A group name or number as a gid.
+fn parse_group(g: &str) -> Option<u32> {
+    if let Ok(n) = g.parse() {
+        return Some(n);
+    }
+    let c = std::ffi::CString::new(g).ok()?;
+    // SAFETY: NUL-terminated name; the result is read at once, before another getgr* call.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        return None;
+    }
+    // SAFETY: non-null result of getgrnam.
+    Some(unsafe { (*gr).gr_gid })
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,12 +118,6 @@ struct VirtiofsOpts {
     /// virtiofsd option; accepted and ignored.
     #[arg(long, hide = true)]
     cache: Option<String>,
-    /// virtiofsd option; accepted and ignored.
-    #[arg(long, hide = true)]
-    sandbox: Option<String>,
-    /// virtiofsd option; accepted and ignored.
-    #[arg(long, hide = true)]
-    seccomp: Option<String>,
     /// virtiofsd option; accepted and ignored (xattrs are always on).
     #[arg(long, hide = true)]
     xattr: bool,
@@ -104,7 +131,35 @@ fn main() -> ExitCode {
     }
     daemon::raise_nofile_limit();
     let g = &cli.global;
+    let socket_group = match g.socket_group.as_deref().map(|n| (n, parse_group(n))) {
+        None => None,
+        Some((_, Some(gid))) => Some(gid),
+        Some((n, None)) => {
+            eprintln!("rafs-virtiofsd: unknown group {n:?} for --socket-group");
+            return ExitCode::from(2);
+        }
+    };
+    let security = SecurityOptions {
+        sandbox: SandboxMode::parse(&g.sandbox).unwrap_or(SandboxMode::None),
+        seccomp: match g
+            .seccomp
+            .clone()
+            .or_else(|| std::env::var("RAFS_VIRTIOFSD_SECCOMP").ok())
+        {
+            None => SeccompMode::Kill,
+            Some(s) => match SeccompMode::parse(&s) {
+                Some(m) => m,
+                None => {
+                    eprintln!("rafs-virtiofsd: --seccomp must be kill, log, trap or none");
+                    return ExitCode::from(2);
+                }
+            },
+        },
+        allowed_roots: g.allowed_roots.clone(),
+        socket_group,
+    };
     let common = CommonOptions {
+        security,
         apisock: g.apisock.clone(),
         thread_pool_size: g.thread_pool_size,
         id: g.id.clone(),

@@ -87,6 +87,9 @@ pub enum MountError {
     /// The VFS refused the mount or umount.
     #[error("vfs error: {0}")]
     Vfs(String),
+    /// The source is outside every `--allowed-root`.
+    #[error("source {0:?} is outside the allowed roots ({1}); see --allowed-root")]
+    NotAllowed(String, String),
 }
 
 impl MountError {
@@ -95,6 +98,7 @@ impl MountError {
         match self {
             MountError::UnknownFsType(_) | MountError::BadMountpoint(..) => 400,
             MountError::NotMounted(_) => 404,
+            MountError::NotAllowed(..) => 403,
             MountError::AlreadyMounted(_) => 409,
             MountError::Passthrough(_) | MountError::Rafs(_) | MountError::Vfs(_) => 500,
         }
@@ -294,6 +298,8 @@ pub struct FsTree {
     vfs: Arc<Vfs>,
     mounts: Arc<Mutex<BTreeMap<String, MountRecord>>>,
     metrics: Arc<FsMetrics>,
+    /// Where mount sources may lie (empty: anywhere).
+    allowed_roots: Mutex<Vec<std::path::PathBuf>>,
 }
 
 impl Default for FsTree {
@@ -311,6 +317,7 @@ impl FsTree {
             vfs,
             mounts,
             metrics: Arc::new(FsMetrics::new()),
+            allowed_roots: Mutex::new(Vec::new()),
         }
     }
 
@@ -335,6 +342,34 @@ impl FsTree {
         self.metrics.clone()
     }
 
+    /// Restricts mount sources to these trees (empty: anywhere).
+    pub fn set_allowed_roots(&self, roots: Vec<std::path::PathBuf>) {
+        *self.allowed_roots.lock() = roots
+            .into_iter()
+            .map(|r| std::fs::canonicalize(&r).unwrap_or(r))
+            .collect();
+    }
+
+    /// Refuses a source outside the allowed roots (resolved, so `..` and symlinks count).
+    fn check_source(&self, source: &str) -> Result<(), MountError> {
+        let roots = self.allowed_roots.lock();
+        if roots.is_empty() {
+            return Ok(());
+        }
+        let real = std::fs::canonicalize(source).unwrap_or_else(|_| Path::new(source).into());
+        if roots.iter().any(|r| real.starts_with(r)) {
+            return Ok(());
+        }
+        Err(MountError::NotAllowed(
+            source.to_string(),
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ))
+    }
+
     /// Mounts a filesystem of type `fs_type` from `source` at `mountpoint`. `config` is the
     /// RAFS config text (ignored for passthrough).
     pub fn mount(
@@ -350,6 +385,7 @@ impl FsTree {
         if self.mounts.lock().contains_key(&mp) {
             return Err(MountError::AlreadyMounted(mp));
         }
+        self.check_source(source)?;
         let (fs, cfg_json): (BackFileSystem, Value) = match fs_type {
             FsType::Passthrough => (
                 Box::new(PassthroughFs::new(PassthroughConfig::new(Path::new(

@@ -143,6 +143,9 @@ pub struct PassthroughFs {
     umask_ok: AtomicBool,
 }
 
+/// XATTR_SIZE_MAX and XATTR_LIST_MAX: the largest xattr value and name list Linux has.
+const XATTR_MAX: usize = 65536;
+
 /// The S_IFMT of `mode`.
 fn kind_of(mode: u32) -> u32 {
     mode & libc::S_IFMT
@@ -1191,7 +1194,8 @@ impl FileSystem for PassthroughFs {
         size: u32,
     ) -> io::Result<GetxattrReply> {
         let (_fd, p) = self.xattr_path(inode)?;
-        let mut buf = vec![0u8; size as usize];
+        // No xattr value exceeds XATTR_SIZE_MAX: a guest asking for 4 GiB gets at most that.
+        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
         // SAFETY: NUL-terminated strings and a writable buffer of the given length (a null
         // pointer with size 0 asks for the size).
         let n = unsafe {
@@ -1227,7 +1231,7 @@ impl FileSystem for PassthroughFs {
             }
             Err(e) => return Err(e),
         };
-        let mut buf = vec![0u8; size as usize];
+        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
         // SAFETY: as in getxattr.
         let n = unsafe {
             libc::listxattr(
@@ -1385,6 +1389,26 @@ mod tests {
             assert!(check_name(&c).is_err(), "{bad:?}");
         }
         assert!(check_name(c"ok").is_ok());
+    }
+
+    /// A guest asking for a 4 GiB xattr value or list gets the value, not a 4 GiB buffer.
+    #[test]
+    fn huge_xattr_sizes_are_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let fs = PassthroughFs::new(Config::new(d.path())).unwrap();
+        fs.init(FsOptions::empty()).unwrap();
+        let ctx = Context::default();
+        let e = fs.lookup(&ctx, ROOT_ID, c"f").unwrap();
+        fs.setxattr(&ctx, e.inode, c"user.k", b"value", 0).unwrap();
+        match fs.getxattr(&ctx, e.inode, c"user.k", u32::MAX).unwrap() {
+            GetxattrReply::Value(v) => assert_eq!(v, b"value"),
+            GetxattrReply::Count(_) => panic!("a value was asked for"),
+        }
+        match fs.listxattr(&ctx, e.inode, u32::MAX).unwrap() {
+            ListxattrReply::Names(v) => assert_eq!(v, b"user.k\0"),
+            ListxattrReply::Count(_) => panic!("names were asked for"),
+        }
     }
 
     /// A create applies the guest's umask on the serving thread only for the create: the

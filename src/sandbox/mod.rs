@@ -1,0 +1,188 @@
+//! Least privilege for the daemon process (see docs/security.md).
+//!
+//! Always on, whatever the launch (Kata's argv included):
+//! - `PR_SET_NO_NEW_PRIVS`;
+//! - every capability dropped (effective, permitted, inheritable, ambient and bounding)
+//!   except [`needed_caps`] for the configured filesystems;
+//! - a seccomp-BPF allowlist on every thread ([`seccomp`]), `--seccomp kill` by default.
+//!
+//! Optional, `--sandbox namespace`: a private mount namespace whose root holds only the
+//! allowed trees ([`namespace`]).
+//!
+//! Order: [`enter`] runs first in each run loop, before any thread exists (capabilities are
+//! per thread, so threads made later inherit the reduced sets); [`lock_down`] installs the
+//! seccomp filter on all threads when start-up is over.
+
+pub mod namespace;
+pub mod seccomp;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use caps::{CapSet, Capability};
+
+pub use self::seccomp::SeccompMode;
+
+/// Errors setting up the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A step failed.
+    #[error("sandbox: {0}")]
+    Setup(String),
+}
+
+/// `--sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// A private mount namespace with only the allowed trees.
+    Namespace,
+    /// No filesystem confinement (the default; what Kata gets without extra args).
+    None,
+}
+
+impl SandboxMode {
+    /// Parses `namespace|none`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "namespace" => Some(SandboxMode::Namespace),
+            "none" => Some(SandboxMode::None),
+            _ => None,
+        }
+    }
+}
+
+/// What the sandbox needs to know about the launch.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// `--sandbox`.
+    pub mode: SandboxMode,
+    /// `--seccomp`.
+    pub seccomp: SeccompMode,
+    /// Trees visible in the namespace: `--allowed-root`s, shared dirs, start-up bootstrap and
+    /// config, the socket directories.
+    pub visible: Vec<PathBuf>,
+    /// Whether a passthrough may be served (a shared dir, or an API that can mount one).
+    pub passthrough: bool,
+    /// FUSE mode (keeps CAP_SYS_ADMIN to unmount, allows umount2).
+    pub fuse: bool,
+}
+
+/// The capabilities the configured filesystems need, and why:
+/// - CHOWN, FOWNER, FSETID, MKNOD, SETFCAP: serve chown, chmod and utimes on files of any
+///   owner, keep setgid on chmod, whiteouts (`mknod 0:0`), `security.capability` xattrs;
+/// - DAC_OVERRIDE, DAC_READ_SEARCH: reach every file of the share (the guest kernel does the
+///   permission checks) and `open_by_handle_at`, which needs DAC_READ_SEARCH;
+/// - SETUID, SETGID: switch a thread to the caller's ids for creates;
+/// - SYS_ADMIN: `trusted.*` xattrs (overlayfs upper dirs) and, in FUSE mode, the unmount.
+///
+/// A RAFS-only daemon (no shared dir, no API) needs none, except SYS_ADMIN in FUSE mode.
+pub fn needed_caps(passthrough: bool, fuse: bool) -> HashSet<Capability> {
+    let mut s = HashSet::new();
+    if passthrough {
+        s.extend([
+            Capability::CAP_CHOWN,
+            Capability::CAP_DAC_OVERRIDE,
+            Capability::CAP_DAC_READ_SEARCH,
+            Capability::CAP_FOWNER,
+            Capability::CAP_FSETID,
+            Capability::CAP_MKNOD,
+            Capability::CAP_SETFCAP,
+            Capability::CAP_SETGID,
+            Capability::CAP_SETUID,
+            Capability::CAP_SYS_ADMIN,
+        ]);
+    }
+    if fuse {
+        s.insert(Capability::CAP_SYS_ADMIN);
+    }
+    s
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Setup(format!("{what}: {e}"))
+}
+
+/// Confines the process: namespace (when asked), capabilities, no_new_privs. Call before any
+/// thread is spawned.
+pub fn enter(cfg: &SandboxConfig) -> Result<(), SandboxError> {
+    if cfg.mode == SandboxMode::Namespace {
+        namespace::enter(&cfg.visible)?;
+    }
+    drop_caps(&needed_caps(cfg.passthrough, cfg.fuse))?;
+    // SAFETY: plain prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(err("PR_SET_NO_NEW_PRIVS", std::io::Error::last_os_error()));
+    }
+    if cfg.seccomp == SeccompMode::Trap {
+        install_sigsys_handler();
+    }
+    Ok(())
+}
+
+/// Installs the seccomp filter on every thread. Call when start-up is over.
+pub fn lock_down(cfg: &SandboxConfig) -> Result<(), SandboxError> {
+    if let Some(prog) = seccomp::build(cfg.seccomp, cfg.fuse).map_err(|e| err("build", e))? {
+        seccomp::apply_all_threads(&prog).map_err(|e| err("apply", e))?;
+        log::info!("seccomp filter installed ({:?})", cfg.seccomp);
+    }
+    Ok(())
+}
+
+/// Keeps only `keep` in every capability set of the calling thread (and so of the threads
+/// it creates). Without root (no capabilities to drop) this is a no-op.
+pub fn drop_caps(keep: &HashSet<Capability>) -> Result<(), SandboxError> {
+    let bounding = caps::read(None, CapSet::Bounding).map_err(|e| err("read bounding", e))?;
+    let can_drop = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
+    if can_drop {
+        for c in bounding.difference(keep) {
+            caps::drop(None, CapSet::Bounding, *c).map_err(|e| err("drop bounding", e))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| err("clear ambient", e))?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| err("clear inheritable", e))?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| err("read permitted", e))?;
+    let keep: HashSet<Capability> = permitted.intersection(keep).copied().collect();
+    caps::set(None, CapSet::Effective, &keep).map_err(|e| err("set effective", e))?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(|e| err("set permitted", e))?;
+    Ok(())
+}
+
+/// SIGSYS (seccomp `trap`): log the syscall number and make the call return EPERM.
+fn install_sigsys_handler() {
+    extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // si_syscall sits after si_call_addr in the SIGSYS layout of siginfo_t.
+        // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers; the read is
+        // within its 128 bytes.
+        let nr =
+            unsafe { *((info as *const u8).add(16 + std::mem::size_of::<usize>()) as *const i32) };
+        let mut buf = *b"rafs-virtiofsd: seccomp: blocked syscall           \n";
+        let mut n = nr.unsigned_abs();
+        let mut i = buf.len() - 2;
+        loop {
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 || i == 40 {
+                break;
+            }
+            i -= 1;
+        }
+        // SAFETY: write(2) is async-signal-safe; the buffer is valid.
+        unsafe { libc::write(2, buf.as_ptr().cast(), buf.len()) };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: for SA_SIGINFO handlers `ctx` is the interrupted thread's ucontext; setting
+        // RAX makes the blocked syscall return -EPERM.
+        unsafe {
+            let uc = ctx as *mut libc::ucontext_t;
+            (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -(libc::EPERM as i64);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = ctx;
+    }
+    // SAFETY: a zeroed sigaction is valid; the handler has the SA_SIGINFO signature.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut());
+    }
+}

@@ -1,0 +1,183 @@
+//! `--sandbox namespace`: the daemon moves into a private mount namespace whose root is an
+//! empty, read-only tmpfs holding only what it may touch, bind-mounted at the same paths:
+//! the allowed roots, the shared dirs, the start-up bootstrap and config, the socket
+//! directories, `/proc` (the passthrough reopens inodes through `/proc/self/fd`), `/dev/null`
+//! and `/dev/urandom`, and the files name resolution reads (`/etc/hosts`,
+//! `/etc/resolv.conf`, `/etc/nsswitch.conf`). TLS roots are compiled in (webpki-roots).
+//!
+//! Every mount of the namespace is made a slave first, and bind mounts of slaves are slaves
+//! of the same master: a mount that appears later on the host under an allowed root (the
+//! snapshotter mounting a new layer) appears in the daemon's view too, when the host mount
+//! it lands on is shared (systemd makes `/` shared).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::SandboxError;
+
+/// Where the new root is built (an empty directory on the host, then a tmpfs in the
+/// namespace only).
+const ROOT_DIR: &str = "/run/rafs-virtiofsd-sandbox";
+
+/// Files and trees visible in every sandbox.
+const ALWAYS: &[&str] = &[
+    "/proc",
+    "/dev/null",
+    "/dev/urandom",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+];
+
+fn err(what: &str, p: &Path) -> SandboxError {
+    SandboxError::Setup(format!(
+        "{what} {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    ))
+}
+
+fn cstr(p: &Path) -> Result<CString, SandboxError> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| SandboxError::Setup(format!("path with NUL: {}", p.display())))
+}
+
+fn mount(
+    src: Option<&Path>,
+    dst: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), SandboxError> {
+    let s = src.map(cstr).transpose()?;
+    let d = cstr(dst)?;
+    let t = fstype.map(|t| CString::new(t).unwrap_or_default());
+    let o = data.map(|t| CString::new(t).unwrap_or_default());
+    // SAFETY: NUL-terminated strings or null pointers, as mount(2) accepts.
+    let r = unsafe {
+        libc::mount(
+            s.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            d.as_ptr(),
+            t.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            flags,
+            o.as_ref().map_or(std::ptr::null(), |c| c.as_ptr().cast()),
+        )
+    };
+    if r != 0 {
+        return Err(err("mount", dst));
+    }
+    Ok(())
+}
+
+/// The paths to bind, canonical, without those inside another one.
+fn bind_set(visible: &[PathBuf]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = visible
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(ALWAYS.iter().map(Path::new))
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    v.sort();
+    v.dedup();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in v {
+        if !out.iter().any(|o| p.starts_with(o)) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Enters the namespace (see the module docs).
+pub fn enter(visible: &[PathBuf]) -> Result<(), SandboxError> {
+    let binds = bind_set(visible);
+    let root = Path::new(ROOT_DIR);
+    std::fs::create_dir_all(root).map_err(|e| SandboxError::Setup(format!("{ROOT_DIR}: {e}")))?;
+    // SAFETY: plain syscall; the calling process is still single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(err("unshare(CLONE_NEWNS)", root));
+    }
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_SLAVE,
+        None,
+    )?;
+    mount(
+        Some(Path::new("tmpfs")),
+        root,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0755,size=1m"),
+    )?;
+    for p in &binds {
+        let dst = root.join(p.strip_prefix("/").unwrap_or(p));
+        let md = std::fs::metadata(p)
+            .map_err(|e| SandboxError::Setup(format!("{}: {e}", p.display())))?;
+        if md.is_dir() {
+            std::fs::create_dir_all(&dst)
+        } else {
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| SandboxError::Setup(format!("{}: {e}", parent.display())))?;
+            }
+            std::fs::File::create(&dst).map(|_| ())
+        }
+        .map_err(|e| SandboxError::Setup(format!("{}: {e}", dst.display())))?;
+        mount(Some(p), &dst, None, libc::MS_BIND | libc::MS_REC, None)?;
+    }
+    // pivot_root(".", "."): the old root ends up stacked under the new one, then is detached.
+    let c = cstr(root)?;
+    // SAFETY: NUL-terminated path.
+    if unsafe { libc::chdir(c.as_ptr()) } != 0 {
+        return Err(err("chdir", root));
+    }
+    // SAFETY: NUL-terminated paths.
+    if unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) } != 0 {
+        return Err(err("pivot_root", root));
+    }
+    // SAFETY: NUL-terminated path.
+    if unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(err("umount old root", root));
+    }
+    // SAFETY: NUL-terminated path.
+    if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
+        return Err(err("chdir", Path::new("/")));
+    }
+    // The tmpfs root itself is read-only; the bound trees keep their own flags.
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )?;
+    log::info!(
+        "sandbox: mount namespace with {}",
+        binds
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_set_drops_nested_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::create_dir_all(a.join("b")).unwrap();
+        let s = bind_set(&[a.join("b"), a.clone(), PathBuf::from("/nonexistent/x")]);
+        let a = std::fs::canonicalize(&a).unwrap();
+        assert!(s.contains(&a));
+        assert!(!s.iter().any(|p| p.starts_with(&a) && *p != a));
+        assert!(!s.iter().any(|p| p.starts_with("/nonexistent")));
+    }
+}

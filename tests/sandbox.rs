@@ -1,0 +1,317 @@
+//! Least privilege of the real binary: no_new_privs, seccomp and the documented capability
+//! sets for a Kata-style launch and standalone ones; the seccomp filter really kills; the
+//! sockets are private whatever the umask; and `--sandbox namespace` shows only the allowed
+//! trees, refuses API mounts outside them and sees mounts made later under them.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rafs_virtiofsd::sandbox::{self, seccomp, SeccompMode};
+use support::*;
+
+fn status_field(pid: i32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in status"))
+        .trim()
+        .to_string()
+}
+
+fn cap_mask(passthrough: bool, fuse: bool) -> u64 {
+    sandbox::needed_caps(passthrough, fuse)
+        .iter()
+        .fold(0u64, |m, c| m | (1u64 << c.index()))
+}
+
+fn start(args: &[&str], api: &Path) -> Daemon {
+    let d = Daemon::spawn(args);
+    assert!(
+        wait_running(api, Duration::from_secs(10)) || wait_for_path(api, Duration::from_secs(1)),
+        "daemon {args:?} did not start"
+    );
+    d
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/v6-zstd-64k-base")
+}
+
+#[test]
+fn kata_and_standalone_launches_are_confined() {
+    let t = tempfile::tempdir().unwrap();
+    let api = t.path().join("api.sock");
+    let sock = t.path().join("vhost.sock");
+    let (a, s) = (api.to_str().unwrap(), sock.to_str().unwrap());
+
+    // Kata's argv: API present, so a passthrough may come: the passthrough set.
+    let d = start(
+        &[
+            "virtiofs",
+            "--log-level",
+            "info",
+            "--apisock",
+            a,
+            "--sock",
+            s,
+        ],
+        &api,
+    );
+    let pid = d.pid();
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    let want = format!("{:016x}", cap_mask(true, false));
+    assert_eq!(status_field(pid, "CapEff"), want);
+    assert_eq!(status_field(pid, "CapPrm"), want);
+    assert_eq!(status_field(pid, "CapBnd"), want);
+    assert_eq!(status_field(pid, "CapInh"), "0000000000000000");
+    // Every thread, including those made after start-up, carries the filter.
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let st = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        assert!(st.contains("Seccomp:\t2"), "{st}");
+    }
+    drop(d);
+
+    // Standalone RAFS, no API: no capability at all.
+    let cfg = t.path().join("rafs.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "device": {"backend": {"type": "localfs", "config": {"dir": fixture().join("blobs")}}},
+            "mode": "direct"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let boot = fixture().join("image.boot");
+    let d = Daemon::spawn(&[
+        "virtiofs",
+        "--sock",
+        s,
+        "--bootstrap",
+        boot.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(wait_for_path(&sock, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(status_field(d.pid(), "Seccomp"), "2");
+    assert_eq!(status_field(d.pid(), "NoNewPrivs"), "1");
+    assert_eq!(status_field(d.pid(), "CapEff"), "0000000000000000");
+    drop(d);
+
+    // `--seccomp none` is honoured (and says so in status).
+    let d = start(
+        &["virtiofs", "--apisock", a, "--sock", s, "--seccomp", "none"],
+        &api,
+    );
+    assert_eq!(status_field(d.pid(), "Seccomp"), "0");
+    assert_eq!(status_field(d.pid(), "NoNewPrivs"), "1");
+}
+
+/// A child installs our filter, then calls execve, which is not on the allowlist.
+fn run_filtered(mode: SeccompMode) -> std::process::ExitStatus {
+    let prog = seccomp::build(mode, false).unwrap().unwrap();
+    let mut c = Command::new("/bin/true");
+    // SAFETY: the closure only makes async-signal-safe syscalls (prctl, seccomp) on memory
+    // prepared before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            let fprog = libc::sock_fprog {
+                len: prog.len() as u16,
+                filter: prog.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &fprog as *const libc::sock_fprog,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.status().unwrap()
+}
+
+#[test]
+fn syscalls_outside_the_allowlist_are_stopped() {
+    // kill: the process dies with SIGSYS at the exec.
+    let st = run_filtered(SeccompMode::Kill);
+    assert_eq!(st.signal(), Some(libc::SIGSYS), "{st:?}");
+    // trap: SIGSYS is raised (no handler survives an exec, so it also ends the child).
+    let st = run_filtered(SeccompMode::Trap);
+    assert_eq!(st.signal(), Some(libc::SIGSYS), "{st:?}");
+    // log: the exec goes through (and the kernel logs it).
+    let st = run_filtered(SeccompMode::Log);
+    assert!(st.success(), "{st:?}");
+    // The allowlist names exec nowhere.
+    assert!(!seccomp::allowed().any(|(n, _)| n.starts_with("exec")));
+}
+
+#[test]
+fn sockets_are_private_whatever_the_umask() {
+    let t = tempfile::tempdir().unwrap();
+    let api = t.path().join("api.sock");
+    let sock = t.path().join("vhost.sock");
+    for (group, mode) in [(None, 0o600), (Some("0"), 0o660)] {
+        let mut args = vec![
+            "virtiofs".to_string(),
+            "--apisock".into(),
+            api.display().to_string(),
+            "--sock".into(),
+            sock.display().to_string(),
+        ];
+        if let Some(g) = group {
+            args.push("--socket-group".into());
+            args.push(g.into());
+        }
+        let mut c = Command::new(bin());
+        c.args(&args);
+        // SAFETY: umask is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        let child = c.spawn().unwrap();
+        let d = Daemon { child };
+        assert!(wait_running(&api, Duration::from_secs(10)));
+        for p in [&api, &sock] {
+            let m = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(m, mode, "{} with group {group:?}", p.display());
+        }
+        drop(d);
+        let _ = std::fs::remove_file(&api);
+        let _ = std::fs::remove_file(&sock);
+    }
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+#[test]
+fn namespace_sandbox_holds_only_the_allowed_trees() {
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = t.path().join("allowed");
+    let outside = t.path().join("outside");
+    let sockdir = t.path().join("sock");
+    for d in [&root, &outside, &sockdir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::create_dir(root.join("share")).unwrap();
+    // A shared mount, as systemd makes them, so later host mounts propagate.
+    let r = root.display().to_string();
+    sh(&format!("mount --bind {r} {r} && mount --make-shared {r}"));
+    struct Umount(String);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").args(["-R", "-l", &self.0]).status();
+        }
+    }
+    let _u = Umount(r.clone());
+
+    let api = sockdir.join("api.sock");
+    let sock = sockdir.join("vhost.sock");
+    let d = start(
+        &[
+            "virtiofs",
+            "--apisock",
+            api.to_str().unwrap(),
+            "--sock",
+            sock.to_str().unwrap(),
+            "--sandbox",
+            "namespace",
+            "--allowed-root",
+            &r,
+        ],
+        &api,
+    );
+    let proot = PathBuf::from(format!("/proc/{}/root", d.pid()));
+    // Only the allowed tree, the sockets and the fixed few are there.
+    let mut top: Vec<String> = std::fs::read_dir(&proot)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    for e in &top {
+        assert!(
+            ["dev", "etc", "proc", "run", "var"].contains(&e.as_str()),
+            "unexpected {e} in the sandbox root: {top:?}"
+        );
+    }
+    assert!(top.contains(&"var".to_string()) && top.contains(&"proc".to_string()));
+    assert!(proot
+        .join(root.strip_prefix("/").unwrap())
+        .join("share")
+        .is_dir());
+    assert!(!proot.join(outside.strip_prefix("/").unwrap()).exists());
+    assert!(
+        !proot.join("etc/passwd").exists(),
+        "host /etc is not visible"
+    );
+    assert!(!proot.join("usr").exists());
+    // API mounts: outside the allowed roots refused with 403 naming the rule.
+    let body = |src: &Path| {
+        serde_json::json!({"fs_type": "passthrough_fs", "source": src, "config": ""}).to_string()
+    };
+    let resp = http(
+        &api,
+        "POST",
+        "/api/v1/mount?mountpoint=/out",
+        Some(&body(&outside)),
+    );
+    assert_eq!(resp.status, 403, "{}", String::from_utf8_lossy(&resp.body));
+    assert!(
+        String::from_utf8_lossy(&resp.body).contains("allowed roots"),
+        "{}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    let resp = http(
+        &api,
+        "POST",
+        "/api/v1/mount?mountpoint=/in",
+        Some(&body(&root.join("share"))),
+    );
+    assert_eq!(resp.status, 204, "{}", String::from_utf8_lossy(&resp.body));
+
+    // A RAFS image mounted on the host under the allowed root after the daemon started is
+    // visible and servable.
+    let late = root.join("late");
+    std::fs::create_dir(&late).unwrap();
+    sh(&format!("mount -t tmpfs tmpfs {}", late.display()));
+    sh(&format!(
+        "cp -r {}/. {}",
+        fixture().display(),
+        late.display()
+    ));
+    assert!(proot
+        .join(late.strip_prefix("/").unwrap())
+        .join("image.boot")
+        .exists());
+    let cfg = serde_json::json!({
+        "device": {"backend": {"type": "localfs", "config": {"dir": late.join("blobs")}}},
+        "mode": "direct"
+    })
+    .to_string();
+    let rafs = serde_json::json!({
+        "fs_type": "rafs",
+        "source": late.join("image.boot"),
+        "config": cfg
+    })
+    .to_string();
+    let resp = http(&api, "POST", "/api/v1/mount?mountpoint=/rafs", Some(&rafs));
+    assert_eq!(resp.status, 204, "{}", String::from_utf8_lossy(&resp.body));
+    drop(d);
+}
