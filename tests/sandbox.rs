@@ -315,3 +315,45 @@ fn namespace_sandbox_holds_only_the_allowed_trees() {
     assert_eq!(resp.status, 204, "{}", String::from_utf8_lossy(&resp.body));
     drop(d);
 }
+
+/// A client holding hundreds of API connections cannot make the daemon grow a thread per
+/// connection beyond the cap, and the API answers again once they close.
+#[test]
+fn api_connections_are_bounded() {
+    let t = tempfile::tempdir().unwrap();
+    let api = t.path().join("api.sock");
+    let sock = t.path().join("vhost.sock");
+    let d = start(
+        &[
+            "virtiofs",
+            "--apisock",
+            api.to_str().unwrap(),
+            "--sock",
+            sock.to_str().unwrap(),
+        ],
+        &api,
+    );
+    let threads = || status_field(d.pid(), "Threads").parse::<usize>().unwrap();
+    let base = threads();
+    let conns: Vec<_> = (0..300)
+        .map(|_| std::os::unix::net::UnixStream::connect(&api).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = threads();
+    assert!(
+        held <= base + rafs_virtiofsd::api::MAX_API_CONNECTIONS,
+        "{held} threads with 300 connections (base {base})"
+    );
+    drop(conns);
+    let mut ok = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        if std::panic::catch_unwind(|| http(&api, "GET", "/api/v1/daemon", None).status)
+            .is_ok_and(|s| s == 200)
+        {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "API did not answer after the connections closed");
+}

@@ -105,28 +105,44 @@ pub enum ApiError {
     },
 }
 
+/// Connections served at once; more are closed at accept (each holds a thread).
+pub const MAX_API_CONNECTIONS: usize = 64;
+
 /// Binds the API socket at `path` (removing a stale file) and serves it on a background
-/// thread, one thread per connection.
+/// thread, one thread per connection, at most [`MAX_API_CONNECTIONS`] at once.
 pub fn start(path: &Path, ctx: Arc<ApiContext>) -> Result<(), ApiError> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|e| ApiError::Bind {
         path: path.display().to_string(),
         source: e,
     })?;
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("api-server".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
+                        use std::sync::atomic::Ordering;
+                        if live.fetch_add(1, Ordering::AcqRel) >= MAX_API_CONNECTIONS {
+                            live.fetch_sub(1, Ordering::AcqRel);
+                            log::warn!(
+                                "api: {MAX_API_CONNECTIONS} connections open, closing a new one"
+                            );
+                            drop(stream);
+                            continue;
+                        }
                         let ctx = ctx.clone();
+                        let live2 = live.clone();
                         let r =
                             std::thread::Builder::new()
                                 .name("api-conn".into())
                                 .spawn(move || {
-                                    http::serve_connection(stream, &|req| handle(&ctx, req))
+                                    http::serve_connection(stream, &|req| handle(&ctx, req));
+                                    live2.fetch_sub(1, Ordering::AcqRel);
                                 });
                         if let Err(e) = r {
+                            live.fetch_sub(1, Ordering::AcqRel);
                             log::warn!("api: cannot spawn connection thread: {e}");
                         }
                     }
