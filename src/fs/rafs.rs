@@ -120,7 +120,7 @@ impl Readahead {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        if let Err(e) = device.read_chunk(&c) {
+                        if let Err(e) = device.ensure_chunk(&c) {
                             log::debug!("readahead: {e}");
                         }
                     }

@@ -116,9 +116,17 @@ pub struct ChunkCache {
     /// Estimated bytes in the store (rescanned when it passes the limit).
     used: AtomicU64,
     verified: Mutex<HashSet<PathBuf>>,
+    /// Verified files kept open for warm reads (bounded), with when their mtime (the LRU
+    /// clock of eviction) was last bumped.
+    open_files: Mutex<lru::LruCache<PathBuf, (Arc<File>, std::time::Instant)>>,
     evicting: Mutex<()>,
     metrics: CacheMetrics,
 }
+
+/// Verified chunk files a process keeps open.
+pub const OPEN_FILES: usize = 256;
+/// A warm chunk's mtime is bumped at most this often.
+const TOUCH_EVERY: Duration = Duration::from_secs(30);
 
 /// Holds a fetch lock (exclusive `flock`) until dropped.
 pub struct ChunkLock {
@@ -150,6 +158,9 @@ impl ChunkCache {
             limit: size_limit,
             used: AtomicU64::new(0),
             verified: Mutex::new(HashSet::new()),
+            open_files: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(OPEN_FILES).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             evicting: Mutex::new(()),
             metrics: CacheMetrics::default(),
         };
@@ -211,7 +222,7 @@ impl ChunkCache {
         if f.read_to_end(&mut data).is_err() || !check(&data) {
             log::warn!("chunk cache: {} is corrupt; removing it", p.display());
             self.metrics.corrupt.fetch_add(1, Ordering::Relaxed);
-            self.verified.lock().remove(&p);
+            self.forget_file(&p);
             let _ = fs::remove_file(&p);
             self.metrics.misses.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -223,8 +234,21 @@ impl ChunkCache {
     }
 
     /// An open file for `key` if this process has verified it before (for zero-copy reads).
-    pub fn open_verified(&self, key: &CacheKey) -> Option<File> {
+    /// Warm files stay open (at most [`OPEN_FILES`]), so a warm read is one `pread`; the
+    /// files are immutable, so an open one stays right even if another process evicts it.
+    pub fn open_verified(&self, key: &CacheKey) -> Option<Arc<File>> {
         let p = self.path_of(key);
+        {
+            let mut open = self.open_files.lock();
+            if let Some((f, touched)) = open.get_mut(&p) {
+                if touched.elapsed() >= TOUCH_EVERY {
+                    let _ = f.set_modified(SystemTime::now());
+                    *touched = std::time::Instant::now();
+                }
+                self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                return Some(f.clone());
+            }
+        }
         if !self.verified.lock().contains(&p) {
             return None;
         }
@@ -233,6 +257,10 @@ impl ChunkCache {
                 self.metrics.hits.fetch_add(1, Ordering::Relaxed);
                 // LRU clock for eviction.
                 let _ = f.set_modified(SystemTime::now());
+                let f = Arc::new(f);
+                self.open_files
+                    .lock()
+                    .put(p, (f.clone(), std::time::Instant::now()));
                 Some(f)
             }
             Err(_) => {
@@ -240,6 +268,18 @@ impl ChunkCache {
                 None
             }
         }
+    }
+
+    /// Whether this process has verified `key` (it then serves it without reading it again).
+    pub fn is_verified(&self, key: &CacheKey) -> bool {
+        let p = self.path_of(key);
+        self.open_files.lock().contains(&p) || self.verified.lock().contains(&p)
+    }
+
+    /// Forgets what this process knew of the file at `p`.
+    fn forget_file(&self, p: &Path) {
+        self.verified.lock().remove(p);
+        self.open_files.lock().pop(p);
     }
 
     /// Take the cross-process fetch lock for `key` (best effort: without it, a fetch may be
@@ -356,7 +396,7 @@ impl ChunkCache {
             }
             if fs::remove_file(&p).is_ok() {
                 total -= len;
-                self.verified.lock().remove(&p);
+                self.forget_file(&p);
                 self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }

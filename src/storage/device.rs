@@ -89,6 +89,10 @@ struct MemCache {
 }
 
 impl MemCache {
+    fn contains(&self, k: &(u32, u64)) -> bool {
+        self.map.contains_key(k)
+    }
+
     fn get(&mut self, k: &(u32, u64)) -> Option<Arc<Vec<u8>>> {
         self.tick += 1;
         let t = self.tick;
@@ -740,6 +744,27 @@ impl BlobDevice {
     }
 }
 
+impl BlobDevice {
+    /// Makes sure chunk `chunk` is cached and verified, without reading it when it already
+    /// is (readahead and prefetch: a warm chunk costs a set lookup, not a copy and a CRC).
+    pub fn ensure_chunk(&self, chunk: &ChunkRef) -> Result<()> {
+        let c = self.chunk_info(chunk)?;
+        if self
+            .mem
+            .lock()
+            .contains(&(c.blob_index, c.compressed_offset))
+        {
+            return Ok(());
+        }
+        if let Some(cache) = &self.cache {
+            if cache.is_verified(&self.cache_key(&c)?) {
+                return Ok(());
+            }
+        }
+        self.get(&c).map(|_| ())
+    }
+}
+
 impl ChunkReader for BlobDevice {
     fn read_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>> {
         let c = self.chunk_info(chunk)?;
@@ -762,7 +787,15 @@ impl ChunkReader for BlobDevice {
         }
         if let Some(cache) = &self.cache {
             let key = self.cache_key(&c)?;
-            if let Some(mut f) = cache.open_verified(&key) {
+            if let Some(file) = cache.open_verified(&key) {
+                // SAFETY: a File view of the cache's open fd that is never dropped (the Arc
+                // keeps the fd open for the whole borrow).
+                let mut f = std::mem::ManuallyDrop::new(unsafe {
+                    <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(
+                        std::os::fd::AsRawFd::as_raw_fd(&*file),
+                    )
+                });
+                let f = &mut *f;
                 let id = self.blob(c.blob_index)?.info.blob_id.clone();
                 // Verified earlier by this process: pread straight into the reply buffers.
                 self.metrics.chunk_reads.fetch_add(1, Ordering::Relaxed);
@@ -770,7 +803,7 @@ impl ChunkReader for BlobDevice {
                 let mut done = 0;
                 while done < len {
                     let n = w
-                        .write_from(&mut f, len - done, (offset + done) as u64)
+                        .write_from(f, len - done, (offset + done) as u64)
                         .map_err(|source| StorageError::Io {
                             blob_id: id.clone(),
                             source,
@@ -1024,5 +1057,34 @@ mod tests {
         for b in bg {
             b.join().unwrap();
         }
+    }
+
+    /// A warm chunk costs readahead nothing: `ensure_chunk` neither reads nor verifies it
+    /// again, and warm reads reuse one open file instead of opening it each time.
+    #[test]
+    fn warm_chunks_are_not_read_again() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(t.path(), 0).unwrap();
+        let (img, blobs) = fixture("v6-zstd-64k-base");
+        let ids = img.blobs().iter().map(|b| b.blob_id.clone()).collect();
+        let opts = DeviceOptions {
+            amplify_io: 0,
+            mem_cache_bytes: 0,
+            ..Default::default()
+        };
+        let backend = Arc::new(LocalFsBackend::from_dir(&blobs));
+        let dev = BlobDevice::new(&img, ids, backend, Some(cache.clone()), opts).unwrap();
+        dev.ensure_chunk(&idx(2)).unwrap();
+        let reads = dev.metrics().chunk_reads.load(Ordering::Relaxed);
+        let hits = cache.metrics().hits.load(Ordering::Relaxed);
+        for _ in 0..10 {
+            dev.ensure_chunk(&idx(2)).unwrap();
+        }
+        assert_eq!(dev.metrics().chunk_reads.load(Ordering::Relaxed), reads);
+        assert_eq!(cache.metrics().hits.load(Ordering::Relaxed), hits);
+        let key = dev.cache_key(&dev.chunk_info(&idx(2)).unwrap()).unwrap();
+        let a = cache.open_verified(&key).unwrap();
+        let b = cache.open_verified(&key).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one open file for a warm chunk");
     }
 }
