@@ -140,6 +140,27 @@ fn rafs_mounted_through_the_api_matches_its_manifest() {
 
     let lower = f.mnt().join("rafs/c1/lowerdir");
     assert_eq!(manifest_of(&lower), expected("small"));
+    // SEEK_DATA/SEEK_HOLE on an image file: all data, the hole at the end (the Vfs does not
+    // forward LSEEK; the dispatcher answers it).
+    {
+        use std::os::fd::AsRawFd;
+        let big = std::fs::read_dir(&lower)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let size = std::fs::metadata(&big).unwrap().len() as i64;
+        let fh = std::fs::File::open(&big).unwrap();
+        // SAFETY: lseek on an open fd.
+        let (d, h) = unsafe {
+            (
+                libc::lseek(fh.as_raw_fd(), 0, libc::SEEK_DATA),
+                libc::lseek(fh.as_raw_fd(), 0, libc::SEEK_HOLE),
+            )
+        };
+        assert_eq!((d, h), (0, size), "{}", big.display());
+    }
 
     let info = http(&f.api(), "GET", "/api/v1/daemon", None).json();
     let b = &info["backend_collection"]["/rafs/c1/lowerdir"];

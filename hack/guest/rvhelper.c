@@ -11,6 +11,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/file.h>
+#include <sys/statvfs.h>
+#include <linux/falloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -519,6 +521,64 @@ static int posix_run(const char *d, const char *tag, uid_t uid, gid_t gid) {
         PCHECK("ofd-lock-second", b < 0 ? -1 : fcntl(b, F_OFD_SETLK, &fl), NULL);
         if (a >= 0) close(a);
         if (b >= 0) close(b);
+    }
+    {
+        /* Data operations: fallocate, holes, copy_file_range, O_DIRECT, fsync, syncfs, statfs. */
+        char a[4096], b[4096], res[128];
+        snprintf(a, sizeof(a), "%s/pub/%s.data", d, tag);
+        snprintf(b, sizeof(b), "%s/pub/%s.copy", d, tag);
+        int fa = open(a, O_CREAT | O_RDWR | O_TRUNC, 0644);
+        PCHECK("fallocate", fa < 0 ? -1 : fallocate(fa, 0, 0, 1 << 20), a);
+        PCHECK("punch-hole", fa < 0 ? -1 : fallocate(fa, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 1 << 19), NULL);
+        PCHECK("pwrite-tail", fa < 0 ? -1 : (pwrite(fa, "tail", 4, (1 << 20) - 4) == 4 ? 0 : -1), NULL);
+        {
+            errno = 0;
+            off_t data = fa < 0 ? -1 : lseek(fa, 0, SEEK_DATA);
+            off_t hole = fa < 0 ? -1 : lseek(fa, 0, SEEK_HOLE);
+            snprintf(res, sizeof(res), "data=%lld hole=%lld", (long long)data, (long long)hole);
+            p_report("seek-data-hole", data < 0 || hole < 0 ? -1 : 0, res, NULL);
+        }
+        int fb = open(b, O_CREAT | O_RDWR | O_TRUNC, 0644);
+        {
+            errno = 0;
+            loff_t oi = (1 << 20) - 4, oo = 0;
+            ssize_t n = (fa < 0 || fb < 0) ? -1 : copy_file_range(fa, &oi, fb, &oo, 4, 0);
+            char got[8] = {0};
+            if (n == 4 && pread(fb, got, 4, 0) != 4) n = -1;
+            snprintf(res, sizeof(res), "n=%zd data=%s", n, got);
+            p_report("copy-file-range", n < 0 ? -1 : 0, res, NULL);
+        }
+        PCHECK("fsync", fb < 0 ? -1 : fsync(fb), NULL);
+        PCHECK("fdatasync", fb < 0 ? -1 : fdatasync(fb), NULL);
+        PCHECK("syncfs", fb < 0 ? -1 : syncfs(fb), NULL);
+        {
+            errno = 0;
+            int fd = open(a, O_RDONLY | O_DIRECT);
+            void *buf = NULL;
+            ssize_t n = -1;
+            if (fd >= 0 && posix_memalign(&buf, 4096, 4096) == 0) n = pread(fd, buf, 4096, (1 << 20) - 4096);
+            int e = errno;
+            snprintf(res, sizeof(res), "n=%zd tail=%.4s", n, buf && n == 4096 ? (char *)buf + 4092 : "");
+            free(buf);
+            if (fd >= 0) close(fd);
+            errno = e;
+            p_report("o-direct-read", n < 0 ? -1 : 0, res, NULL);
+        }
+        {
+            struct statvfs sv;
+            errno = 0;
+            int r = statvfs(pj(1, d, "pub", NULL), &sv);
+            snprintf(res, sizeof(res), "bsize=%lu namemax=%lu", r == 0 ? sv.f_bsize : 0, r == 0 ? sv.f_namemax : 0);
+            p_report("statfs", r, res, NULL);
+        }
+        {
+            errno = 0;
+            int dfd = open(pj(1, d, "pub", NULL), O_RDONLY | O_DIRECTORY);
+            PCHECK("fsyncdir", dfd < 0 ? -1 : fsync(dfd), NULL);
+            if (dfd >= 0) close(dfd);
+        }
+        if (fa >= 0) close(fa);
+        if (fb >= 0) close(fb);
     }
     char g[4096];
     snprintf(g, sizeof(g), "%s/sgid/%s.g", d, tag);

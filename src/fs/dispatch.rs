@@ -5,7 +5,10 @@
 //! dispatcher serves those itself on the passthrough filesystem the node id belongs to:
 //! - FUSE_TMPFILE (51): `open(O_TMPFILE)` and overlayfs copy-up;
 //! - FUSE_COPY_FILE_RANGE (47): server-side copies;
-//! - FUSE_SYNCFS (50): `syncfs(2)` / `sync -f` (on the pseudo root: every passthrough).
+//! - FUSE_SYNCFS (50): `syncfs(2)` / `sync -f` (on the pseudo root: every passthrough);
+//! - FUSE_LSEEK (46) with SEEK_DATA/SEEK_HOLE: the `Vfs` does not forward it (its default
+//!   answer, ENOSYS, turns SEEK_DATA/SEEK_HOLE off for the connection). Passthrough files
+//!   get the host's answer; RAFS files, which have no holes, the generic one.
 //!
 //! And it answers GETXATTR/LISTXATTR on the read-only pseudo tree (the mountpoint
 //! directories) with "no xattrs" instead of ENOSYS, which would turn xattrs off for every
@@ -20,10 +23,10 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    CopyFileRangeIn, CreateIn, EntryOut, GetxattrIn, GetxattrOut, InHeader, OpenOut, OutHeader,
-    WriteOut,
+    CopyFileRangeIn, CreateIn, EntryOut, GetxattrIn, GetxattrOut, InHeader, LseekIn, LseekOut,
+    OpenOut, OutHeader, WriteOut,
 };
-use fuse_backend_rs::api::filesystem::Context;
+use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use fuse_backend_rs::api::server::{MetricsHook, Server};
 use fuse_backend_rs::api::{Vfs, VFS_MAX_INO};
 use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, Writer};
@@ -38,6 +41,8 @@ use super::vfs::{FsType, MountRecord};
 pub const FUSE_GETXATTR: u32 = 22;
 /// LISTXATTR.
 pub const FUSE_LISTXATTR: u32 = 23;
+/// LSEEK (7.24).
+pub const FUSE_LSEEK: u32 = 46;
 /// COPY_FILE_RANGE (7.28).
 pub const FUSE_COPY_FILE_RANGE: u32 = 47;
 /// SYNCFS (7.34).
@@ -118,6 +123,25 @@ impl Dispatcher {
             .collect()
     }
 
+    /// SEEK_DATA/SEEK_HOLE on a file without holes (RAFS): data up to the size, then the
+    /// hole at the end.
+    fn lseek_without_holes(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let (st, _) = self.vfs.getattr(ctx, nodeid.into(), None)?;
+        let size = st.st_size.max(0) as u64;
+        match whence as i32 {
+            libc::SEEK_DATA | libc::SEEK_HOLE if offset >= size => Err(errno(libc::ENXIO)),
+            libc::SEEK_DATA => Ok(offset),
+            libc::SEEK_HOLE => Ok(size),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
     /// Serves one request; same contract as `Server::handle_message`.
     pub fn handle_message<S: BitmapSlice>(
         &self,
@@ -189,6 +213,20 @@ impl Dispatcher {
                 };
                 r.map(|_| Vec::new())
             }
+            FUSE_LSEEK => peek
+                .read_obj::<LseekIn>()
+                .map_err(|_| errno(libc::EINVAL))
+                .and_then(|a| {
+                    let off = match self
+                        .with_passthrough(idx, |pt| pt.lseek(&ctx, ino, a.fh, a.offset, a.whence))
+                    {
+                        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+                            self.lseek_without_holes(&ctx, ih.nodeid, a.offset, a.whence)
+                        }
+                        r => r,
+                    }?;
+                    Ok(LseekOut { offset: off }.as_slice().to_vec())
+                }),
             FUSE_GETXATTR if idx == 0 => Err(errno(libc::ENODATA)),
             FUSE_LISTXATTR if idx == 0 => peek
                 .read_obj::<GetxattrIn>()
