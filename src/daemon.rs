@@ -179,6 +179,21 @@ pub fn init_logging(level: &str) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Keeps the heap small under many threads (measured: RssAnon after reading 20,000 small
+/// files and a 128 MiB file through FUSE drops from 20 MB to 6.5 MB, docs/performance.md):
+/// glibc gives each thread its own arena and, once a 1 MiB chunk buffer has been freed,
+/// raises its mmap threshold so later ones come from the heap and stay there. Two arenas
+/// and a fixed 128 KiB trim threshold (which also pins the mmap threshold) give memory back.
+pub fn tune_allocator() {
+    const M_TRIM_THRESHOLD: libc::c_int = -1;
+    const M_ARENA_MAX: libc::c_int = -8;
+    // SAFETY: mallopt only adjusts allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(M_ARENA_MAX, 2);
+        libc::mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit. Never fails: problems are logged.
 /// Returns the resulting soft limit.
 pub fn raise_nofile_limit() -> u64 {

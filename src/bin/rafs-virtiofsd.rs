@@ -129,6 +129,7 @@ fn main() -> ExitCode {
         eprintln!("rafs-virtiofsd: {e}");
         return ExitCode::from(2);
     }
+    daemon::tune_allocator();
     daemon::raise_nofile_limit();
     let g = &cli.global;
     let socket_group = match g.socket_group.as_deref().map(|n| (n, parse_group(n))) {

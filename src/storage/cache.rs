@@ -115,12 +115,22 @@ pub struct ChunkCache {
     limit: u64,
     /// Estimated bytes in the store (rescanned when it passes the limit).
     used: AtomicU64,
-    verified: Mutex<HashSet<PathBuf>>,
+    /// Files this process has verified, by [`path_id`] (16 bytes each, not a path).
+    verified: Mutex<HashSet<u128>>,
     /// Verified files kept open for warm reads (bounded), with when their mtime (the LRU
     /// clock of eviction) was last bumped.
     open_files: Mutex<lru::LruCache<PathBuf, (Arc<File>, std::time::Instant)>>,
     evicting: Mutex<()>,
     metrics: CacheMetrics,
+}
+
+/// A 128-bit identity of a cache file path (BLAKE3), so the verified set costs 16 bytes a
+/// chunk however long the paths are.
+fn path_id(p: &Path) -> u128 {
+    let h = blake3::hash(p.as_os_str().as_encoded_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h.as_bytes()[..16]);
+    u128::from_le_bytes(b)
 }
 
 /// Verified chunk files a process keeps open.
@@ -228,7 +238,7 @@ impl ChunkCache {
             return None;
         }
         let _ = f.set_modified(SystemTime::now());
-        self.verified.lock().insert(p);
+        self.verified.lock().insert(path_id(&p));
         self.metrics.hits.fetch_add(1, Ordering::Relaxed);
         Some(data)
     }
@@ -249,7 +259,7 @@ impl ChunkCache {
                 return Some(f.clone());
             }
         }
-        if !self.verified.lock().contains(&p) {
+        if !self.verified.lock().contains(&path_id(&p)) {
             return None;
         }
         match File::open(&p) {
@@ -264,7 +274,7 @@ impl ChunkCache {
                 Some(f)
             }
             Err(_) => {
-                self.verified.lock().remove(&p);
+                self.verified.lock().remove(&path_id(&p));
                 None
             }
         }
@@ -273,12 +283,12 @@ impl ChunkCache {
     /// Whether this process has verified `key` (it then serves it without reading it again).
     pub fn is_verified(&self, key: &CacheKey) -> bool {
         let p = self.path_of(key);
-        self.open_files.lock().contains(&p) || self.verified.lock().contains(&p)
+        self.open_files.lock().contains(&p) || self.verified.lock().contains(&path_id(&p))
     }
 
     /// Forgets what this process knew of the file at `p`.
     fn forget_file(&self, p: &Path) {
-        self.verified.lock().remove(p);
+        self.verified.lock().remove(&path_id(p));
         self.open_files.lock().pop(p);
     }
 
@@ -363,7 +373,7 @@ impl ChunkCache {
             fs::create_dir_all(parent)?;
         }
         self.write_atomically(&p, data)?;
-        self.verified.lock().insert(p);
+        self.verified.lock().insert(path_id(&p));
         Ok(true)
     }
 
