@@ -45,7 +45,8 @@ run() { # NAME CMD...: mount, read all twice, print the row
   ticks=$(awk '{print $14+$15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   umount -l "$W/mnt" 2>/dev/null || true
-  printf '| %s | %s KiB | %.2f s |\n' "$name" "$rss" "$(echo "$ticks / $(getconf CLK_TCK)" | bc -l)"
+  awk -v n="$name" -v r="$rss" -v t="$ticks" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "| %s | %s KiB | %.2f s |\n", n, r, t / hz }'
 }
 
 echo "| daemon | RssAnon after cold+warm read of $N files + 128 MiB | daemon CPU |"
