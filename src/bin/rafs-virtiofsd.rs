@@ -128,8 +128,12 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
-            eprintln!("rafs-virtiofsd: {e}");
+            // Once: as a log line (stderr, with the other log lines) unless logging is off.
+            if log::log_enabled!(log::Level::Error) {
+                log::error!("{e}");
+            } else {
+                eprintln!("rafs-virtiofsd: {e}");
+            }
             ExitCode::FAILURE
         }
     }
