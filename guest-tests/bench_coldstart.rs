@@ -138,10 +138,10 @@ fn main() {
     }
     let tar = std::env::var_os("RV_COLDSTART_TAR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/bench-coldstart/rootfs.tar"));
+        .unwrap_or_else(|| repo_root().join("target/debian-rootfs/rootfs.tar"));
     if !tar.exists() {
         println!(
-            "coldstart: {} not found; hack/bench-coldstart.sh makes it with debootstrap",
+            "coldstart: {} not found; hack/debian-rootfs.sh makes it with debootstrap",
             tar.display()
         );
         return;

@@ -99,7 +99,7 @@ fn rvhelper_manifest_matches_treemanifest() {
 #[test]
 fn guest_uses_upstream_virtiofsd_share_as_overlay_upper() {
     let Some(bin) = std::env::var_os("RV_UPSTREAM_VIRTIOFSD") else {
-        eprintln!("skipped: set RV_UPSTREAM_VIRTIOFSD to an upstream virtiofsd binary");
+        skip("no upstream virtiofsd (set RV_UPSTREAM_VIRTIOFSD or put virtiofsd on PATH)");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

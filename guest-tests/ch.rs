@@ -1,8 +1,8 @@
 //! Standalone use with cloud-hypervisor (CH).
 //!
 //! CH is not packaged for Debian and boots guests only with real KVM (or MSHV). These tests
-//! run when a CH binary is given by `RV_CLOUD_HYPERVISOR` or found on PATH, and skip with a
-//! message otherwise. What runs here (a machine whose /dev/kvm is the PVM software hypervisor,
+//! run when a CH binary is given by `RV_CLOUD_HYPERVISOR` or found on PATH, and otherwise
+//! report themselves skipped (tests/common/skip.rs). What runs here (a machine whose /dev/kvm is the PVM software hypervisor,
 //! see shared/specs/GUEST-RECIPE.md): CH creates the VM and its virtio-fs device, which
 //! connects to the daemon and negotiates vhost-user features, before the boot itself fails.
 //! That is the part checked: CH connects, negotiates, goes away, and the daemon keeps
@@ -84,10 +84,7 @@ fn count(haystack: &str, needle: &str) -> usize {
 #[test]
 fn ch_negotiates_with_the_daemon_and_reconnects() {
     let Some(ch) = ch_binary() else {
-        eprintln!(
-            "skipped: no cloud-hypervisor (set RV_CLOUD_HYPERVISOR=/path/to/cloud-hypervisor \
-             or put it on PATH)"
-        );
+        skip("no cloud-hypervisor (set RV_CLOUD_HYPERVISOR or put it on PATH)");
         return;
     };
     let share = tempfile::tempdir().unwrap();

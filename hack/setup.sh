@@ -3,7 +3,7 @@
 # Idempotent: skips packages that are already installed.
 set -euo pipefail
 PKGS=(qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio docker-registry skopeo fio
-      erofs-utils fuse3 attr gcc libc6-dev python3 curl apache2-utils openssl)
+      erofs-utils fuse3 attr gcc libc6-dev python3 curl apache2-utils openssl libarchive-tools)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

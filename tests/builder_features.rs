@@ -905,3 +905,45 @@ fn merge_with_chunk_dict() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chunk size"), "{err}");
 }
+
+/// `create` makes a missing `--blob-dir` (and the missing parents of `--bootstrap` and
+/// `--blob`), where upstream nydus-image fails.
+#[test]
+fn create_makes_missing_output_dirs() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    small_tree(&src);
+    let blobs = t.path().join("a/b/blobs");
+    let boot = t.path().join("c/d/image.boot");
+    run(rafs_image()
+        .arg("create")
+        .arg("--bootstrap")
+        .arg(&boot)
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg(&src));
+    assert_same(
+        &image_manifest(&boot, &blobs, ManifestOptions::default()),
+        &source_manifest(&src, &[]),
+        "image built into a new --blob-dir",
+    );
+    let blob = t.path().join("e/f/image.blob");
+    let boot2 = t.path().join("image2.boot");
+    run(rafs_image()
+        .arg("create")
+        .arg("--bootstrap")
+        .arg(&boot2)
+        .arg("--blob")
+        .arg(&blob)
+        .arg(&src));
+    // The blob by its id in a blob dir of its own: the image reads back whole.
+    let id = RafsImage::open(&boot2).unwrap().blobs()[0].blob_id.clone();
+    let by_id = t.path().join("g");
+    std::fs::create_dir(&by_id).unwrap();
+    std::fs::hard_link(&blob, by_id.join(id)).unwrap();
+    assert_same(
+        &image_manifest(&boot2, &by_id, ManifestOptions::default()),
+        &source_manifest(&src, &[]),
+        "image built with --blob into a new dir",
+    );
+}

@@ -8,13 +8,17 @@
 //! backend) and the mounted tree must equal the source tree (treemanifest, incl. xattrs and
 //! nanosecond mtimes).
 //!
-//! Needs an upstream binary: set NYDUS_IMAGE=/path/to/nydus-image. Without it every test
-//! prints "SKIP" and passes. (Upstream `nydus-image unpack` panics with "not implemented" on
-//! v6 images, even upstream's own, so it is not used.)
+//! Needs upstream binaries: NYDUS_IMAGE=/path/to/nydus-image and/or NYDUSD=/path/to/nydusd
+//! (hack/test.sh sets them from PATH). A test whose binary is missing reports itself skipped
+//! (tests/common/skip.rs) and does nothing. (Upstream `nydus-image unpack` panics with "not
+//! implemented" on v6 images, even upstream's own, so it is not used.)
 
 #[path = "common/builder.rs"]
 mod builder_common;
 use builder_common::*;
+#[path = "common/skip.rs"]
+mod skip;
+use skip::skip;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,14 +27,24 @@ use rafs_virtiofsd::rafs::manifest::{manifest, LocalBlobs, ManifestOptions};
 use rafs_virtiofsd::rafs::{toc, RafsImage};
 use sha2::Digest;
 
-fn nydus_image() -> Option<PathBuf> {
-    match std::env::var_os("NYDUS_IMAGE") {
+/// The upstream binary named by `var`, if it exists.
+fn upstream(var: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
         Some(p) if Path::new(&p).exists() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!("SKIP: set NYDUS_IMAGE to an upstream nydus-image binary to run this test");
-            None
-        }
+        _ => None,
     }
+}
+
+const NO_NYDUS_IMAGE: &str = "no upstream nydus-image (set NYDUS_IMAGE or put it on PATH)";
+const NO_NYDUSD: &str = "no upstream nydusd (set NYDUSD or put it on PATH)";
+
+/// Upstream nydus-image, or None after reporting the running test skipped.
+fn nydus_image() -> Option<PathBuf> {
+    let p = upstream("NYDUS_IMAGE");
+    if p.is_none() {
+        skip(NO_NYDUS_IMAGE);
+    }
+    p
 }
 
 fn build(src: &Path, dir: &Path, args: &[&str]) -> (PathBuf, PathBuf) {
@@ -47,14 +61,13 @@ fn build(src: &Path, dir: &Path, args: &[&str]) -> (PathBuf, PathBuf) {
     (boot, blobs)
 }
 
+/// Upstream nydusd, or None after reporting the running test skipped.
 fn nydusd() -> Option<PathBuf> {
-    match std::env::var_os("NYDUSD") {
-        Some(p) if Path::new(&p).exists() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!("SKIP (nydusd part): set NYDUSD to an upstream nydusd binary");
-            None
-        }
+    let p = upstream("NYDUSD");
+    if p.is_none() {
+        skip(NO_NYDUSD);
     }
+    p
 }
 
 /// Mount `boot` with upstream nydusd and return the treemanifest of the mounted tree.
@@ -138,40 +151,49 @@ fn upstream_check(ni: &Path, boot: &Path, blobs: &Path) {
     assert!(out.contains("RAFS filesystem metadata is valid"), "{out}");
 }
 
+/// The option sets both interop tests build a small tree with.
+const VARIANTS: [&[&str]; 5] = [
+    &["--chunk-size", "0x10000"],
+    &[
+        "--compressor",
+        "lz4_block",
+        "--digester",
+        "sha256",
+        "--chunk-size",
+        "0x10000",
+    ],
+    &["--compressor", "none"],
+    &["--compressor", "gzip", "--chunk-size", "0x4000"],
+    &["--fs-version", "5", "--chunk-size", "0x10000"],
+];
+
 #[test]
-fn upstream_check_and_nydusd_accept_our_images() {
+fn upstream_check_accepts_our_images() {
     let Some(ni) = nydus_image() else { return };
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     small_tree(&src);
-    for (i, args) in [
-        &["--chunk-size", "0x10000"][..],
-        &[
-            "--compressor",
-            "lz4_block",
-            "--digester",
-            "sha256",
-            "--chunk-size",
-            "0x10000",
-        ],
-        &["--compressor", "none"],
-        &["--compressor", "gzip", "--chunk-size", "0x4000"],
-        &["--fs-version", "5", "--chunk-size", "0x10000"],
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, args) in VARIANTS.iter().enumerate() {
+        let (boot, blobs) = build(&src, &t.path().join(format!("o{i}")), args);
+        upstream_check(&ni, &boot, &blobs);
+    }
+}
+
+/// Upstream nydusd serves our images: data through the blob's ci array (v6).
+#[test]
+fn nydusd_mounts_our_images() {
+    let Some(nd) = nydusd() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    small_tree(&src);
+    for (i, args) in VARIANTS.iter().enumerate() {
         let d = t.path().join(format!("o{i}"));
         let (boot, blobs) = build(&src, &d, args);
-        upstream_check(&ni, &boot, &blobs);
-        // Upstream nydusd serves our image: data through the blob's ci array (v6).
-        if let Some(nd) = nydusd() {
-            assert_same(
-                &nydusd_manifest(&nd, &boot, &blobs, &d, &[]),
-                &source_manifest(&src, &[]),
-                &format!("nydusd mount of our {args:?} image"),
-            );
-        }
+        assert_same(
+            &nydusd_manifest(&nd, &boot, &blobs, &d, &[]),
+            &source_manifest(&src, &[]),
+            &format!("nydusd mount of our {args:?} image"),
+        );
     }
 }
 
@@ -233,27 +255,27 @@ fn upstream_create_uses_our_bootstrap_as_dict_and_parent() {
     upstream_check(&ni, &t.path().join("child.boot"), &blobs);
 }
 
-#[test]
-fn upstream_merge_of_our_layers() {
-    let Some(ni) = nydus_image() else { return };
-    let t = tempfile::tempdir().unwrap();
-    let l1 = t.path().join("l1");
+/// Two tar layers (the second with whiteouts) built by us with inlined bootstraps, their
+/// blobs stored by digest in `<t>/blobs`, merged by upstream (`merged.boot`) and by us
+/// (`ours.boot`). Returns (upstream merge, our merge, blob dir).
+fn merge_layers(ni: &Path, t: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let l1 = t.join("l1");
     small_tree(&l1);
-    let l2 = t.path().join("l2");
+    let l2 = t.join("l2");
     std::fs::create_dir_all(l2.join("d00")).unwrap();
     std::fs::write(l2.join(".wh.big.bin"), b"").unwrap();
     std::fs::write(l2.join("d00/.wh..wh..opq"), b"").unwrap();
     std::fs::write(l2.join("d00/fresh"), b"fresh\n").unwrap();
-    let blobs = t.path().join("blobs");
+    let blobs = t.join("blobs");
     std::fs::create_dir(&blobs).unwrap();
     let (mut boots, mut digests, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
     for (i, l) in [&l1, &l2].iter().enumerate() {
-        let tar = t.path().join(format!("l{i}.tar"));
+        let tar = t.join(format!("l{i}.tar"));
         run(Command::new("python3")
             .arg(tools().join("mktar.py"))
             .arg(l)
             .arg(&tar));
-        let blob = t.path().join(format!("l{i}.blob"));
+        let blob = t.join(format!("l{i}.blob"));
         run(rafs_image()
             .args([
                 "create",
@@ -273,15 +295,15 @@ fn upstream_merge_of_our_layers() {
         let data = std::fs::read(&blob).unwrap();
         let d = hex::encode(sha2::Sha256::digest(&data));
         std::fs::write(blobs.join(&d), &data).unwrap();
-        let bp = t.path().join(format!("l{i}.boot"));
+        let bp = t.join(format!("l{i}.boot"));
         std::fs::write(&bp, toc::extract_bootstrap(&data).unwrap()).unwrap();
         // Upstream checks the per-layer blob itself (bootstrap from the ToC).
         boots.push(bp);
         sizes.push(data.len().to_string());
         digests.push(d);
     }
-    let merged = t.path().join("merged.boot");
-    run(Command::new(&ni)
+    let merged = t.join("merged.boot");
+    run(Command::new(ni)
         .arg("merge")
         .arg("--bootstrap")
         .arg(&merged)
@@ -290,9 +312,7 @@ fn upstream_merge_of_our_layers() {
         .arg("--blob-sizes")
         .arg(sizes.join(","))
         .args(&boots));
-    upstream_check(&ni, &merged, &blobs);
-    // And our merge of the same layers passes upstream check too.
-    let ours = t.path().join("ours.boot");
+    let ours = t.join("ours.boot");
     run(rafs_image()
         .arg("merge")
         .arg("--bootstrap")
@@ -302,12 +322,17 @@ fn upstream_merge_of_our_layers() {
         .arg("--blob-sizes")
         .arg(sizes.join(","))
         .args(&boots));
+    (merged, ours, blobs)
+}
+
+#[test]
+fn upstream_merge_of_our_layers() {
+    let Some(ni) = nydus_image() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (merged, ours, blobs) = merge_layers(&ni, t.path());
+    upstream_check(&ni, &merged, &blobs);
+    // And our merge of the same layers passes upstream check too.
     upstream_check(&ni, &ours, &blobs);
-    if let Some(nd) = nydusd() {
-        let mine = nydusd_manifest(&nd, &ours, &blobs, &t.path().join("n1"), &["--mtime-sec"]);
-        let theirs = nydusd_manifest(&nd, &merged, &blobs, &t.path().join("n2"), &["--mtime-sec"]);
-        assert_same(&mine, &theirs, "nydusd: our merge vs upstream merge");
-    }
     let a = manifest(
         &RafsImage::open(&merged).unwrap(),
         ManifestOptions::default(),
@@ -321,4 +346,21 @@ fn upstream_merge_of_our_layers() {
     )
     .unwrap();
     assert_same(&b, &a, "our merge vs upstream merge");
+}
+
+/// Upstream nydusd mounts our merge and upstream's merge of the same layers alike.
+#[test]
+fn nydusd_serves_our_merge_like_upstream_merge() {
+    let (ni, nd) = (upstream("NYDUS_IMAGE"), upstream("NYDUSD"));
+    let (Some(ni), Some(nd)) = (&ni, &nd) else {
+        let missing = [(ni.is_none(), NO_NYDUS_IMAGE), (nd.is_none(), NO_NYDUSD)];
+        let missing: Vec<&str> = missing.iter().filter(|m| m.0).map(|m| m.1).collect();
+        skip(&missing.join("; "));
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (merged, ours, blobs) = merge_layers(ni, t.path());
+    let mine = nydusd_manifest(nd, &ours, &blobs, &t.path().join("n1"), &["--mtime-sec"]);
+    let theirs = nydusd_manifest(nd, &merged, &blobs, &t.path().join("n2"), &["--mtime-sec"]);
+    assert_same(&mine, &theirs, "nydusd: our merge vs upstream merge");
 }

@@ -245,3 +245,23 @@ fn shared_dir_and_bootstrap_are_exclusive() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be combined"));
 }
+
+/// A fatal error is printed once, as a log line, or plainly with `--log-level off`.
+#[test]
+fn fatal_error_is_printed_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, s) = paths(t.path());
+    let msg = "passthrough source \"/nonexistent/dir\" is not a directory";
+    for (level, prefix) in [("info", " ERROR "), ("off", "rafs-virtiofsd: ")] {
+        let out = Command::new(bin())
+            .args(["virtiofs", "--sock", &s, "--shared-dir", "/nonexistent/dir"])
+            .args(["--log-level", level])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches(msg).count(), 1, "--log-level {level}:\n{err}");
+        let line = err.lines().find(|l| l.contains(msg)).unwrap();
+        assert!(line.contains(prefix), "--log-level {level}: {line}");
+    }
+}

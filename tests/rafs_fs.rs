@@ -429,24 +429,19 @@ fn fuse_mount_serves_the_tree() {
                 assert!(md.file_type().is_symlink());
             }
         }
-        // The exact manifest, when treemanifest.py is around.
-        match treemanifest() {
-            Some(tool) => {
-                let mut cmd = std::process::Command::new("python3");
-                cmd.arg(&tool).arg(&m.mnt);
-                for f in flags.split_whitespace() {
-                    cmd.arg(f);
-                }
-                let out = cmd.output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                assert_same_manifest(name, &String::from_utf8(out.stdout).unwrap(), &want);
-            }
-            None => eprintln!("treemanifest.py not found (set TREEMANIFEST); exact diff skipped"),
+        // The exact manifest.
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(treemanifest()).arg(&m.mnt);
+        for f in flags.split_whitespace() {
+            cmd.arg(f);
         }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_manifest(name, &String::from_utf8(out.stdout).unwrap(), &want);
         // Writes fail with EROFS through the kernel too.
         let e = std::fs::write(m.mnt.join("new-file"), b"x").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS));

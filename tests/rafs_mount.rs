@@ -12,14 +12,15 @@ use support::*;
 /// In-repo copies of ../shared/fixtures.
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
-fn fixture(name: &str) -> Option<PathBuf> {
+/// A committed fixture (a missing one is a broken checkout: the test fails).
+fn fixture(name: &str) -> PathBuf {
     let p = Path::new(FIXTURES).join("images").join(name);
-    if p.join("image.boot").exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: fixture {} not found", p.display());
-        None
-    }
+    assert!(
+        p.join("image.boot").exists(),
+        "fixture {} not found",
+        p.display()
+    );
+    p
 }
 
 /// The manifest of `dir`, without the root line (upstream stores mtime 0 for the root).
@@ -119,9 +120,7 @@ impl Drop for Fuse {
 
 #[test]
 fn rafs_mounted_through_the_api_matches_its_manifest() {
-    let Some(img) = fixture("v6-zstd-64k-base") else {
-        return;
-    };
+    let img = fixture("v6-zstd-64k-base");
     let cache = tempfile::tempdir().unwrap();
     let f = Fuse::start(&[]);
     let body = serde_json::json!({
@@ -191,9 +190,7 @@ fn rafs_mounted_through_the_api_matches_its_manifest() {
 
 #[test]
 fn bad_rafs_config_is_a_json_error() {
-    let Some(img) = fixture("v6-zstd-64k-base") else {
-        return;
-    };
+    let img = fixture("v6-zstd-64k-base");
     let f = Fuse::start(&[]);
     for config in ["{not json", r#"{"device":{"backend":{"type":"nope"}}}"#] {
         let body = serde_json::json!({"fs_type": "rafs", "source": img.join("image.boot"), "config": config}).to_string();
@@ -214,9 +211,7 @@ fn bad_rafs_config_is_a_json_error() {
 
 #[test]
 fn standalone_bootstrap_at_virtual_mountpoint() {
-    let Some(img) = fixture("v5-zstd-64k") else {
-        return;
-    };
+    let img = fixture("v5-zstd-64k");
     let cfgdir = tempfile::tempdir().unwrap();
     let cfg = cfgdir.path().join("config.json");
     std::fs::write(&cfg, config_for(&img, cfgdir.path())).unwrap();
@@ -238,9 +233,7 @@ fn standalone_bootstrap_at_virtual_mountpoint() {
 /// `/metrics`, after a real read through FUSE.
 #[test]
 fn backend_blobcache_and_prometheus_metrics() {
-    let Some(img) = fixture("v6-zstd-64k-base") else {
-        return;
-    };
+    let img = fixture("v6-zstd-64k-base");
     let cache = tempfile::tempdir().unwrap();
     let f = Fuse::start(&[]);
     let body = serde_json::json!({

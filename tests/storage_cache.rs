@@ -215,7 +215,7 @@ fn full_cache_disk_still_serves_from_the_backend() {
         .arg(&work)
         .status();
     if !st.map(|s| s.success()).unwrap_or(false) {
-        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        rafs_support::skip::skip("cannot mount a tmpfs (needs root)");
         return;
     }
     struct Umount<'a>(&'a Path);

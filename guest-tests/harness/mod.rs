@@ -29,6 +29,11 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/common/skip.rs"]
+pub mod skip;
+#[allow(unused_imports)] // Used by the test files that skip, not by every one.
+pub use skip::skip;
+
 /// Root of the repository (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

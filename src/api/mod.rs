@@ -85,10 +85,10 @@ impl ApiContext {
 pub fn version_info() -> Value {
     json!({
         "package_ver": env!("CARGO_PKG_VERSION"),
-        "git_commit": option_env!("RAFS_VIRTIOFSD_GIT_COMMIT").unwrap_or("unknown"),
-        "build_time": option_env!("RAFS_VIRTIOFSD_BUILD_TIME").unwrap_or("unknown"),
+        "git_commit": env!("RAFS_VIRTIOFSD_GIT_COMMIT"),
+        "build_time": env!("RAFS_VIRTIOFSD_BUILD_TIME"),
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
-        "rustc": option_env!("RAFS_VIRTIOFSD_RUSTC").unwrap_or("unknown"),
+        "rustc": env!("RAFS_VIRTIOFSD_RUSTC"),
     })
 }
 

@@ -25,41 +25,52 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build a RAFS image from a directory or a tar / tar.gz layer.
+    #[command(
+        after_help = "Long options are nydus-image's; the short forms -c -d -S -M -p -P -W -A are extras."
+    )]
     Create(CreateArgs),
     /// Merge per-layer bootstraps into one, applying OCI whiteouts in layer order.
+    #[command(after_help = "Long options are nydus-image's; the short forms -M -P are extras.")]
     Merge(MergeArgs),
     /// Print a summary of a bootstrap.
     Inspect {
-        /// Bootstrap file.
+        /// Bootstrap (RAFS metadata) file to inspect
         bootstrap: PathBuf,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text: to FILE, or to stdout when given without a value or as -; default: text on stdout
         #[arg(long = "output-json", num_args = 0..=1, default_missing_value = "-")]
         output_json: Option<String>,
     },
     /// Validate a bootstrap (and with --blob-dir every chunk's data).
     Check {
-        /// Bootstrap file (positional or --bootstrap).
+        /// Bootstrap (RAFS metadata) file to check (or give --bootstrap)
         bootstrap: Option<PathBuf>,
+        /// Bootstrap file, instead of the positional BOOTSTRAP; one of the two is required
         #[arg(short = 'B', long = "bootstrap")]
         bootstrap_flag: Option<PathBuf>,
+        /// Directory of the data blobs (named by blob id): also reads and verifies every chunk; default: metadata only
         #[arg(short = 'D', long = "blob-dir")]
         blob_dir: Option<PathBuf>,
-        /// Blob file of an inlined-meta image (`--blob`), for placeholder blob ids.
+        /// Data blob of an image built with --blob (blob id placeholders resolve to it); default: none
         #[arg(short = 'b', long = "blob")]
         blob: Option<PathBuf>,
+        /// Also write the result as JSON to this file; default: none
         #[arg(long = "output-json")]
         output_json: Option<PathBuf>,
     },
     /// Write the image's tree to a tar file.
     Unpack {
-        /// Bootstrap file (positional or --bootstrap).
+        /// Bootstrap (RAFS metadata) file to unpack (or give --bootstrap)
         bootstrap: Option<PathBuf>,
+        /// Bootstrap file, instead of the positional BOOTSTRAP; one of the two is required
         #[arg(short = 'B', long = "bootstrap")]
         bootstrap_flag: Option<PathBuf>,
+        /// Directory of the data blobs, named by blob id; one of --blob-dir and --blob is required
         #[arg(short = 'D', long = "blob-dir")]
         blob_dir: Option<PathBuf>,
+        /// Data blob of an image built with --blob (its directory is the default --blob-dir)
         #[arg(short = 'b', long = "blob")]
         blob: Option<PathBuf>,
+        /// Tar file to write; required
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
     },
@@ -67,68 +78,87 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct CreateArgs {
-    /// Source directory or tar file.
+    /// Source: a directory, or a tar / tar.gz file (see --type)
     source: PathBuf,
+    /// Bootstrap (RAFS metadata) file to write; required unless --blob-inline-meta
     #[arg(short = 'B', long)]
     bootstrap: Option<PathBuf>,
+    /// Data blob file to write; one of --blob and --blob-dir is required
     #[arg(short = 'b', long)]
     blob: Option<PathBuf>,
+    /// Directory to write the data blob into, named by its id (created if missing, unlike nydus-image); one of --blob and --blob-dir is required
     #[arg(short = 'D', long = "blob-dir")]
     blob_dir: Option<PathBuf>,
-    /// dir-rafs, tar-rafs or targz-rafs.
+    /// Source type: dir-rafs (directory; also: directory), tar-rafs (tar), targz-rafs (gzip'd tar)
     #[arg(short = 't', long = "type", default_value = "dir-rafs")]
     source_type: String,
+    /// RAFS format version: 5 or 6
     #[arg(short = 'v', long = "fs-version", default_value = "6")]
     fs_version: String,
+    /// Chunk compression: none, lz4_block, zstd or gzip (gzip: not in nydus-image)
     #[arg(short = 'c', long, default_value = "zstd")]
     compressor: String,
+    /// Chunk digest: blake3 or sha256
     #[arg(short = 'd', long, default_value = "blake3")]
     digester: String,
+    /// Chunk size: a power of two from 0x1000 to 0x1000000, hex (0x...) or decimal
     #[arg(short = 'S', long = "chunk-size", default_value = "0x100000")]
     chunk_size: String,
-    /// `bootstrap=PATH`.
+    /// Chunk dictionary: bootstrap=PATH (or PATH) of an image whose chunks are reused, not written again; default: none
     #[arg(short = 'M', long = "chunk-dict")]
     chunk_dict: Option<String>,
+    /// Parent bootstrap: the new image is this image plus the source as an upper layer; default: none
     #[arg(short = 'p', long = "parent-bootstrap")]
     parent_bootstrap: Option<PathBuf>,
-    /// `fs` reads prefetch patterns from stdin; `none` disables prefetch.
+    /// Prefetch table: none, or fs (read path patterns, one a line, from stdin)
     #[arg(short = 'P', long = "prefetch-policy", default_value = "none")]
     prefetch_policy: String,
+    /// Append the bootstrap (and blob metadata) to the data blob, for per-layer blobs; default: off
     #[arg(long = "blob-inline-meta")]
     blob_inline_meta: bool,
-    /// Comma-separated features; `blob-toc` is supported.
+    /// Comma-separated features: blob-toc (a ToC at the blob's end, with --blob-inline-meta); default: none
     #[arg(long)]
     features: Option<String>,
+    /// Whiteouts in the source: oci (.wh. files), overlayfs (0:0 char devices, opaque xattr) or none
     #[arg(short = 'W', long = "whiteout-spec", default_value = "oci")]
     whiteout_spec: String,
+    /// Write a JSON summary (blobs, sizes, chunk count) to this file; default: none
     #[arg(short = 'J', long = "output-json")]
     output_json: Option<PathBuf>,
-    /// Worker threads (default: all cores).
+    /// Worker threads compressing and hashing chunks; 0: one per core (not in nydus-image)
     #[arg(long, default_value = "0")]
     threads: usize,
-    /// Accepted for compatibility; RAFS v6 blobs are always 4 KiB aligned.
+    /// Accepted for nydus-image compatibility and ignored: v6 chunks are always 4 KiB aligned; default: off
     #[arg(short = 'A', long = "aligned-chunk")]
     aligned_chunk: bool,
 }
 
 #[derive(clap::Args)]
 struct MergeArgs {
-    /// Per-layer bootstraps, lowest layer first.
+    /// Per-layer bootstraps, lowest layer first
     sources: Vec<PathBuf>,
+    /// Merged bootstrap file to write; required
     #[arg(short = 'B', long)]
     bootstrap: PathBuf,
+    /// Comma-separated sha256 digests (hex, sha256: prefix optional) of the layers' blobs, one per source, used as blob ids; default: the ids in the sources
     #[arg(long = "blob-digests")]
     blob_digests: Option<String>,
+    /// Comma-separated sizes in bytes of the layers' blobs, one per source; default: the sizes in the sources
     #[arg(long = "blob-sizes")]
     blob_sizes: Option<String>,
+    /// Comma-separated sha256 digests (hex) of the layers' blob ToCs, one per source; default: none
     #[arg(long = "blob-toc-digests")]
     blob_toc_digests: Option<String>,
+    /// Comma-separated sizes in bytes of the layers' blob ToCs, one per source; default: none
     #[arg(long = "blob-toc-sizes")]
     blob_toc_sizes: Option<String>,
+    /// Chunk dictionary the layers were built with: bootstrap=PATH (or PATH), a v6 image whose blobs any layer may use; default: none
     #[arg(short = 'M', long = "chunk-dict")]
     chunk_dict: Option<String>,
+    /// Prefetch table: none, or fs (read path patterns, one a line, from stdin)
     #[arg(short = 'P', long = "prefetch-policy", default_value = "none")]
     prefetch_policy: String,
+    /// Write a JSON summary (blobs, bootstrap) to this file; default: none
     #[arg(short = 'J', long = "output-json")]
     output_json: Option<PathBuf>,
 }

@@ -24,35 +24,35 @@ struct Cli {
     #[command(flatten)]
     global: GlobalOpts,
 
-    /// FUSE mode without the `fuse` subcommand: where to mount.
+    /// FUSE mode (with or without the `fuse` subcommand): mount the tree at this host path; no default
     #[arg(long, short = 'M', global = true)]
     mountpoint: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
 struct GlobalOpts {
-    /// HTTP API unix socket.
+    /// HTTP API (nydusd's API, for Kata) on this unix socket; default: no API
     #[arg(long, short = 'A', global = true)]
     apisock: Option<PathBuf>,
-    /// RAFS config file (nydusd v1 JSON, v2 JSON or v2 TOML).
+    /// Config of the --bootstrap image: nydusd v1 JSON, v2 JSON or v2 TOML file; no default
     #[arg(long, short = 'C', global = true)]
     config: Option<PathBuf>,
-    /// RAFS bootstrap (metadata) file to mount at start-up.
+    /// RAFS bootstrap (metadata) file to mount at start-up (needs --config); default: none
     #[arg(long, short = 'B', global = true)]
     bootstrap: Option<PathBuf>,
-    /// Where the start-up RAFS is mounted in the tree.
+    /// Where the start-up --bootstrap or --shared-dir is mounted in the tree; default: /
     #[arg(long, short = 'm', global = true)]
     virtual_mountpoint: Option<String>,
-    /// Host directory to pass through at start-up.
+    /// Host directory to pass through (writable) at start-up, instead of --bootstrap; default: none
     #[arg(long, short = 's', global = true)]
     shared_dir: Option<PathBuf>,
-    /// Log level: trace, debug, info, warn, error.
+    /// Log level: off, error, warn, info, debug or trace (to stderr) [nydusd: no off]
     #[arg(long, short = 'l', global = true, default_value = "info")]
     log_level: String,
-    /// Threads that serve FUSE requests (0: serve on the queue threads).
+    /// Threads serving FUSE requests; 0 serves them on the queue threads [virtiofsd: same; nydusd: --fuse-threads]
     #[arg(long, global = true, default_value_t = DEFAULT_THREAD_POOL_SIZE)]
     thread_pool_size: usize,
-    /// Daemon id reported by the API.
+    /// Daemon id reported by GET /api/v1/daemon; default: none
     #[arg(long, global = true)]
     id: Option<String>,
     /// Accepted for nydusd compatibility; RLIMIT_NOFILE is always raised to the hard limit.
@@ -103,13 +103,13 @@ enum Mode {
 
 #[derive(Args, Debug)]
 struct VirtiofsOpts {
-    /// vhost-user socket to listen on.
+    /// vhost-user socket to listen on for the VMM; required
     #[arg(long)]
     sock: PathBuf,
-    /// Number of request queues offered (the hiprio queue is extra).
+    /// Request queues offered to the VMM, besides the hiprio queue [nydusd: none, always 1]
     #[arg(long, default_value_t = 1)]
     num_request_queues: usize,
-    /// Accepted for nydusd/Kata compatibility; no effect.
+    /// Accepted and ignored: passthrough and RAFS are always both served [nydusd: same flag, enables passthrough]
     #[arg(long)]
     hybrid_mode: bool,
     /// virtiofsd option Kata passes by default; accepted and ignored.
@@ -184,8 +184,12 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
-            eprintln!("rafs-virtiofsd: {e}");
+            // Once: as a log line (stderr, with the other log lines) unless logging is off.
+            if log::log_enabled!(log::Level::Error) {
+                log::error!("{e}");
+            } else {
+                eprintln!("rafs-virtiofsd: {e}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -21,6 +21,9 @@ use rafs_virtiofsd::rafs::{FileChunk, RafsError, RafsImage};
 use rafs_virtiofsd::storage::ChunkReader;
 use sha2::{Digest, Sha256};
 
+#[path = "../common/skip.rs"]
+pub mod skip;
+
 pub const FIXTURES: [&str; 8] = [
     "v5-zstd-64k",
     "v6-chunkdict-64k",
@@ -258,9 +261,10 @@ pub struct Mounted {
 }
 
 impl Mounted {
+    /// Mounts `fs`, or reports the running test skipped and returns None without /dev/fuse.
     pub fn new(fs: RafsFs) -> Option<Mounted> {
         if !Path::new("/dev/fuse").exists() {
-            eprintln!("SKIP: /dev/fuse not available");
+            skip::skip("/dev/fuse not available");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -301,7 +305,9 @@ impl Drop for Mounted {
     }
 }
 
-pub fn treemanifest() -> Option<PathBuf> {
+/// treemanifest.py: `$TREEMANIFEST`, else the in-repo copy (always there: a missing one
+/// fails the test rather than skipping the exact comparison).
+pub fn treemanifest() -> PathBuf {
     let p = std::env::var_os("TREEMANIFEST")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -311,5 +317,6 @@ pub fn treemanifest() -> Option<PathBuf> {
                 "/tests/builder_tools/treemanifest.py"
             ))
         });
-    p.is_file().then_some(p)
+    assert!(p.is_file(), "treemanifest.py not found at {}", p.display());
+    p
 }
