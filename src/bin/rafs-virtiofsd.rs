@@ -73,7 +73,7 @@ struct GlobalOpts {
     /// only trees the daemon sees besides shares and sockets. Default: anywhere (no sandbox).
     #[arg(long = "allowed-root", global = true)]
     allowed_roots: Vec<PathBuf>,
-    /// Group (name or gid) given the sockets, which are then 0660 instead of 0600.
+    /// Group (name or gid) given the sockets, which are then 0660. Default: none (0600).
     #[arg(long, global = true)]
     socket_group: Option<String>,
 }
