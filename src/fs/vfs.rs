@@ -293,6 +293,27 @@ pub fn redact_secrets(v: &mut Value) {
     }
 }
 
+/// The VFS indexes of filesystems whose requests never wait on a remote backend (the
+/// passthroughs): the device may serve their reads and writes inline, as virtiofsd does.
+#[derive(Default)]
+pub struct LocalFsSet([AtomicU64; 4]);
+
+impl LocalFsSet {
+    /// Whether VFS index `idx` is a local filesystem.
+    pub fn contains(&self, idx: u8) -> bool {
+        self.0[(idx >> 6) as usize].load(Ordering::Relaxed) & (1 << (idx & 63)) != 0
+    }
+
+    fn set(&self, idx: u8, on: bool) {
+        let w = &self.0[(idx >> 6) as usize];
+        if on {
+            w.fetch_or(1 << (idx & 63), Ordering::Relaxed);
+        } else {
+            w.fetch_and(!(1 << (idx & 63)), Ordering::Relaxed);
+        }
+    }
+}
+
 /// The daemon's filesystem tree: the [`Vfs`] plus its mount table and counters.
 pub struct FsTree {
     vfs: Arc<Vfs>,
@@ -300,6 +321,8 @@ pub struct FsTree {
     metrics: Arc<FsMetrics>,
     /// Where mount sources may lie (empty: anywhere).
     allowed_roots: Mutex<Vec<std::path::PathBuf>>,
+    /// Which mounted filesystems are local (see [`LocalFsSet`]).
+    local: Arc<LocalFsSet>,
 }
 
 impl Default for FsTree {
@@ -318,6 +341,7 @@ impl FsTree {
             mounts,
             metrics: Arc::new(FsMetrics::new()),
             allowed_roots: Mutex::new(Vec::new()),
+            local: Arc::new(LocalFsSet::default()),
         }
     }
 
@@ -335,6 +359,11 @@ impl FsTree {
     /// Forgets the guest's FUSE session (inodes, handles); mounts stay.
     pub fn end_session(&self) {
         FileSystem::destroy(&*self.vfs);
+    }
+
+    /// The set of local (passthrough) filesystems, kept current across mounts.
+    pub fn local_fs(&self) -> Arc<LocalFsSet> {
+        self.local.clone()
     }
 
     /// The metrics hook to pass to `Server::handle_message`.
@@ -420,6 +449,7 @@ impl FsTree {
             .mount(fs, &mp)
             .map_err(|e| MountError::Vfs(format!("{e:?}")))?;
         self.metrics.per_fs[fs_idx as usize].reset();
+        self.local.set(fs_idx, fs_type == FsType::Passthrough);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -449,7 +479,9 @@ impl FsTree {
         self.vfs
             .umount(&mp)
             .map_err(|e| MountError::Vfs(format!("{e:?}")))?;
-        mounts.remove(&mp);
+        if let Some(r) = mounts.remove(&mp) {
+            self.local.set(r.fs_idx, false);
+        }
         log::info!("unmounted {mp}");
         Ok(())
     }

@@ -90,6 +90,7 @@ pub struct DeviceConfig {
 /// Per-connection backend state.
 pub struct VhostUserFsBackend {
     server: Arc<Dispatcher>,
+    local: Arc<crate::fs::vfs::LocalFsSet>,
     metrics: Arc<FsMetrics>,
     cfg: DeviceConfig,
     event_idx: AtomicBool,
@@ -109,6 +110,7 @@ impl VhostUserFsBackend {
     pub fn new(tree: &FsTree, cfg: DeviceConfig) -> Self {
         VhostUserFsBackend {
             server: Arc::new(tree.dispatcher()),
+            local: tree.local_fs(),
             metrics: tree.metrics_hook(),
             cfg,
             event_idx: AtomicBool::new(false),
@@ -264,7 +266,7 @@ impl VhostUserFsBackend {
         let metrics = self.metrics.clone();
         let vring = vring.clone();
         match (&self.cfg.pool, qidx) {
-            (Some(pool), q) if q != HIPRIO_QUEUE && request_may_block(&chain) => {
+            (Some(pool), q) if q != HIPRIO_QUEUE && request_may_block(&chain, &self.local) => {
                 let inflight = self.inflight.clone();
                 inflight.fetch_add(1, Ordering::AcqRel);
                 pool.execute(move || {
@@ -294,8 +296,11 @@ const POOLED_OPCODES: [Opcode; 8] = [
 ];
 
 /// Whether the request in `chain` should go to the pool (see [`POOLED_OPCODES`]). A header
-/// that cannot be read is answered inline (with the server's error).
-fn request_may_block(chain: &Chain) -> bool {
+/// that cannot be read is answered inline (with the server's error). READ and WRITE of a
+/// passthrough (`local`) are served inline, as virtiofsd serves them: they wait on the host's
+/// page cache or disk, never on a registry, and the hand-off to the pool cost more CPU than
+/// the read (docs/performance.md).
+fn request_may_block(chain: &Chain, local: &crate::fs::vfs::LocalFsSet) -> bool {
     let Some(desc) = chain.clone().next() else {
         return false;
     };
@@ -303,7 +308,13 @@ fn request_may_block(chain: &Chain) -> bool {
         return false;
     }
     match chain.memory().read_obj::<InHeader>(desc.addr()) {
-        Ok(ih) => POOLED_OPCODES.iter().any(|&op| op as u32 == ih.opcode),
+        Ok(ih) => {
+            let data = ih.opcode == Opcode::Read as u32 || ih.opcode == Opcode::Write as u32;
+            if data && local.contains((ih.nodeid >> 56) as u8) {
+                return false;
+            }
+            POOLED_OPCODES.iter().any(|&op| op as u32 == ih.opcode)
+        }
         Err(_) => false,
     }
 }
