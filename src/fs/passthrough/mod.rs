@@ -146,6 +146,23 @@ pub struct PassthroughFs {
 /// XATTR_SIZE_MAX and XATTR_LIST_MAX: the largest xattr value and name list Linux has.
 const XATTR_MAX: usize = 65536;
 
+/// Runs a get/list xattr call with a buffer of `size` bytes (at most [`XATTR_MAX`]: a guest
+/// asking for 4 GiB gets no more), or with none when `size` is 0. Returns the bytes, or
+/// `Err(n)` with the size the caller asked about.
+fn xattr_call(
+    size: u32,
+    call: impl FnOnce(*mut libc::c_void, usize) -> isize,
+) -> io::Result<Result<Vec<u8>, u32>> {
+    if size == 0 {
+        let n = sys::check_size(call(std::ptr::null_mut(), 0))?;
+        return Ok(Err(n as u32));
+    }
+    let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+    let n = sys::check_size(call(buf.as_mut_ptr().cast(), buf.len()))?;
+    buf.truncate(n);
+    Ok(Ok(buf))
+}
+
 /// The S_IFMT of `mode`.
 fn kind_of(mode: u32) -> u32 {
     mode & libc::S_IFMT
@@ -1194,28 +1211,16 @@ impl FileSystem for PassthroughFs {
         size: u32,
     ) -> io::Result<GetxattrReply> {
         let (_fd, p) = self.xattr_path(inode)?;
-        // No xattr value exceeds XATTR_SIZE_MAX: a guest asking for 4 GiB gets at most that.
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        // SAFETY: NUL-terminated strings and a writable buffer of the given length (a null
-        // pointer with size 0 asks for the size).
-        let n = unsafe {
-            libc::getxattr(
-                p.as_ptr(),
-                name.as_ptr(),
-                if size == 0 {
-                    std::ptr::null_mut()
-                } else {
-                    buf.as_mut_ptr().cast()
-                },
-                buf.len(),
-            )
-        };
-        let n = sys::check_size(n)?;
-        if size == 0 {
-            return Ok(GetxattrReply::Count(n as u32));
-        }
-        buf.truncate(n);
-        Ok(GetxattrReply::Value(buf))
+        // SAFETY: NUL-terminated strings; `xattr_call` passes a writable buffer of the given
+        // length, or null with length 0 to ask for the size.
+        Ok(
+            match xattr_call(size, |buf, len| unsafe {
+                libc::getxattr(p.as_ptr(), name.as_ptr(), buf, len)
+            })? {
+                Ok(v) => GetxattrReply::Value(v),
+                Err(n) => GetxattrReply::Count(n),
+            },
+        )
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
@@ -1231,25 +1236,15 @@ impl FileSystem for PassthroughFs {
             }
             Err(e) => return Err(e),
         };
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
         // SAFETY: as in getxattr.
-        let n = unsafe {
-            libc::listxattr(
-                p.as_ptr(),
-                if size == 0 {
-                    std::ptr::null_mut()
-                } else {
-                    buf.as_mut_ptr().cast()
-                },
-                buf.len(),
-            )
-        };
-        let n = sys::check_size(n)?;
-        if size == 0 {
-            return Ok(ListxattrReply::Count(n as u32));
-        }
-        buf.truncate(n);
-        Ok(ListxattrReply::Names(buf))
+        Ok(
+            match xattr_call(size, |buf, len| unsafe {
+                libc::listxattr(p.as_ptr(), buf.cast(), len)
+            })? {
+                Ok(v) => ListxattrReply::Names(v),
+                Err(n) => ListxattrReply::Count(n),
+            },
+        )
     }
 
     fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
