@@ -197,3 +197,38 @@ Options:
         ]
     );
 }
+
+/// `rafs-image inspect ... | head`: a reader that goes away ends the tool quietly (SIGPIPE),
+/// never with a panic.
+#[test]
+fn closed_stdout_pipe_is_not_a_panic() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let boot = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/images/v6-zstd-64k-base/image.boot"
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rafs-image"))
+        .args(["inspect", boot, "--output-json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut one = [0u8; 1];
+    out.read_exact(&mut one).unwrap();
+    drop(out);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let st = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        st.success() || st.signal() == Some(libc::SIGPIPE),
+        "{st:?}: {err}"
+    );
+}

@@ -357,6 +357,10 @@ fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`rafs-image inspect ... | head`) ends the process quietly, as for other
+    // command-line tools, instead of a panic in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
