@@ -5,7 +5,7 @@
 #
 # Sums the `test result:` lines of CARGO_TEST_LOG. Tests that reported themselves skipped
 # (`RV-SKIP <test>: <reason>` lines in SKIP_LOG, written by tests/common/skip.rs) passed as
-# far as cargo knows; they are moved from "passed" to "skipped", as are `#[ignore]`d tests.
+# far as cargo knows; they are moved from "passed" to "skipped", as are tests cargo reports as ignored (with the reason the attribute gives).
 # Prints the failed and skipped tests with their reasons, then, as the last line,
 # `N passed, N failed, N skipped` (CI reads that line). Exits 1 if a test failed or
 # CARGO_EXIT_STATUS is not 0 (a build error fails the run even with no failed test).
@@ -28,7 +28,9 @@ skipped_lines=()
 if [ -s "$skips" ]; then
   mapfile -t skipped_lines < <(grep '^RV-SKIP ' "$skips" | awk -F': ' '!seen[$1]++' | sort)
 fi
-mapfile -t ignored < <(sed -n 's/^test \(.*\) \.\.\. ignored\(, .*\)\{0,1\}$/\1/p' "$log" | sort -u)
+# "NAME: REASON" for each ignored test; cargo prints "test NAME ... ignored[, REASON]".
+mapfile -t ignored < <(sed -n -e 's/^test \(.*\) \.\.\. ignored, \(.*\)$/\1: ignored: \2/p' \
+  -e 's/^test \(.*\) \.\.\. ignored$/\1: ignored without a reason/p' "$log" | sort -u)
 mapfile -t failed_names < <(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$log" | sort -u)
 
 nskip=${#skipped_lines[@]}
@@ -41,7 +43,7 @@ fi
 echo "== summary"
 for n in "${failed_names[@]}"; do echo "failed:  $n"; done
 for l in "${skipped_lines[@]}"; do echo "skipped: ${l#RV-SKIP }"; done
-for n in "${ignored[@]}"; do echo "skipped: $n: #[ignore]"; done
+for n in "${ignored[@]}"; do echo "skipped: $n"; done
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
   echo "cargo test exited with status $status (a build error, or a test binary that crashed)"
 fi

@@ -99,7 +99,7 @@ fn summary_moves_skipped_tests_out_of_passed() {
             "== summary",
             "skipped: a::y: no frobnicator (set FROB)",
             "skipped: a::z: needs root",
-            "skipped: slow: #[ignore]",
+            "skipped: slow: ignored: needs a day",
             "2 passed, 0 failed, 3 skipped",
         ],
         "{out}"
