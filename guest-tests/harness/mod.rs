@@ -861,25 +861,6 @@ pub fn mktree(out: &Path, seed: u32, extra: &[&str]) {
     );
 }
 
-/// hack/guest/rvhelper.c built for the host (once per process), to run the same checks on
-/// the host that the guest runs.
-pub fn host_rvhelper() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = repo_root().join("target/guest");
-        std::fs::create_dir_all(&dir).expect("target/guest");
-        let out = dir.join(format!("rvhelper-host-{}", std::process::id()));
-        run_cmd(
-            Command::new("gcc")
-                .args(["-O2", "-o"])
-                .arg(&out)
-                .arg(repo_root().join("hack/guest/rvhelper.c")),
-        );
-        out
-    })
-    .clone()
-}
-
 /// The host-side manifest of a tree (treemanifest.py), one entry per line.
 pub fn host_manifest(dir: &Path, flags: &[&str]) -> Vec<String> {
     run_cmd(
