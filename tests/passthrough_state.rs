@@ -67,6 +67,11 @@ fn export_import_keeps_node_ids_and_handles() {
     let new = PassthroughFs::new(Config::new(h)).unwrap();
     let (inodes, handles) = new.import_bytes(&bytes).unwrap();
     assert_eq!(
+        new.export_state().init_options(),
+        (FsOptions::WRITEBACK_CACHE | FsOptions::HANDLE_KILLPRIV_V2).bits(),
+        "the INIT options travel"
+    );
+    assert_eq!(
         inodes, 4,
         "a, b, file and new; gone was unlinked, its handle is stale"
     );

@@ -118,13 +118,23 @@ impl Drop for UmaskGuard {
     }
 }
 
-/// FUSE options negotiated at INIT that change how requests are served.
+/// The FUSE options negotiated at INIT (the bits of `FsOptions`); WRITEBACK_CACHE and
+/// DONT_MASK change how requests are served.
 #[derive(Default)]
-struct Session {
-    writeback: AtomicBool,
-    dont_mask: AtomicBool,
-    killpriv_v2: AtomicBool,
-    posix_acl: AtomicBool,
+struct Session(AtomicU64);
+
+impl Session {
+    fn has(&self, o: FsOptions) -> bool {
+        FsOptions::from_bits_truncate(self.0.load(Ordering::Relaxed)).contains(o)
+    }
+
+    fn set(&self, o: FsOptions) {
+        self.0.store(o.bits(), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> FsOptions {
+        FsOptions::from_bits_truncate(self.0.load(Ordering::Relaxed))
+    }
 }
 
 /// The passthrough filesystem.
@@ -550,7 +560,7 @@ impl PassthroughFs {
     fn host_flags(&self, flags: u32) -> i32 {
         let mut f = flags as i32;
         f &= !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
-        if self.session.writeback.load(Ordering::Relaxed) {
+        if self.session.has(FsOptions::WRITEBACK_CACHE) {
             // The guest's page cache may read back around partial writes, and appends are
             // positioned by the guest.
             if f & libc::O_ACCMODE == libc::O_WRONLY {
@@ -566,7 +576,7 @@ impl PassthroughFs {
     /// the mask to apply by hand (when the thread cannot have its own umask) and a guard that
     /// puts the thread's umask back, so other work on this thread (cache files) keeps it.
     fn create_umask(&self, umask: u32) -> (u32, UmaskGuard) {
-        let want = if self.session.dont_mask.load(Ordering::Relaxed) {
+        let want = if self.session.has(FsOptions::DONT_MASK) {
             umask & 0o7777
         } else {
             0
@@ -799,19 +809,7 @@ impl FileSystem for PassthroughFs {
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         // A new guest: whatever the old session held goes.
         self.reset_session();
-        let s = &self.session;
-        s.writeback.store(
-            capable.contains(FsOptions::WRITEBACK_CACHE),
-            Ordering::Relaxed,
-        );
-        s.dont_mask
-            .store(capable.contains(FsOptions::DONT_MASK), Ordering::Relaxed);
-        s.killpriv_v2.store(
-            capable.contains(FsOptions::HANDLE_KILLPRIV_V2),
-            Ordering::Relaxed,
-        );
-        s.posix_acl
-            .store(capable.contains(FsOptions::POSIX_ACL), Ordering::Relaxed);
+        self.session.set(capable);
         Ok(capable)
     }
 

@@ -1,7 +1,7 @@
 //! The passthrough's FUSE session state as bytes: what a fresh process needs to go on serving
 //! the same guest (see docs/architecture.md, "Exported state").
 //!
-//! The state holds the negotiated INIT options, every inode the guest knows (node id, host
+//! The state holds the negotiated INIT options (all `FsOptions` bits), every inode the guest knows (node id, host
 //! identity, file handle, lookup count) and every open handle (handle id, node id, host open
 //! flags). It is JSON with a version number, so it can be read by eye and checked in tests.
 //!
@@ -45,20 +45,13 @@ struct HandleState {
     flags: i32,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-struct SessionState {
-    writeback: bool,
-    dont_mask: bool,
-    killpriv_v2: bool,
-    posix_acl: bool,
-}
-
 /// The exported state.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct PassthroughState {
     version: u32,
     root: InodeKey,
-    session: SessionState,
+    /// The FUSE INIT options negotiated with the guest (`FsOptions` bits).
+    init_options: u64,
     next_id: u64,
     next_handle: u64,
     inodes: Vec<InodeState>,
@@ -69,6 +62,11 @@ impl PassthroughState {
     /// Node ids in the state.
     pub fn inode_count(&self) -> usize {
         self.inodes.len()
+    }
+
+    /// The negotiated FUSE INIT options (`FsOptions` bits).
+    pub fn init_options(&self) -> u64 {
+        self.init_options
     }
 
     /// Open handles in the state.
@@ -141,16 +139,10 @@ impl PassthroughFs {
             })
             .collect();
         handles.sort_by_key(|h| h.fh);
-        let s = &self.session;
         PassthroughState {
             version: STATE_VERSION,
             root,
-            session: SessionState {
-                writeback: s.writeback.load(Ordering::Relaxed),
-                dont_mask: s.dont_mask.load(Ordering::Relaxed),
-                killpriv_v2: s.killpriv_v2.load(Ordering::Relaxed),
-                posix_acl: s.posix_acl.load(Ordering::Relaxed),
-            },
+            init_options: self.session.get().bits(),
             next_id: self.inodes.next_id(),
             next_handle: self.next_handle.load(Ordering::Relaxed),
             inodes,
@@ -189,12 +181,8 @@ impl PassthroughFs {
                 st.root.dev, st.root.ino, root.key.dev, root.key.ino
             )));
         }
-        let s = &self.session;
-        s.writeback.store(st.session.writeback, Ordering::Relaxed);
-        s.dont_mask.store(st.session.dont_mask, Ordering::Relaxed);
-        s.killpriv_v2
-            .store(st.session.killpriv_v2, Ordering::Relaxed);
-        s.posix_acl.store(st.session.posix_acl, Ordering::Relaxed);
+        self.session
+            .set(fuse_backend_rs::abi::fuse_abi::FsOptions::from_bits_truncate(st.init_options));
 
         let root_mount = root.handle.as_ref().map(|(_, m)| m.clone());
         let mut mounts: HashMap<u64, Option<Arc<MountFd>>> = HashMap::new();
