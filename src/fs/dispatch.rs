@@ -34,6 +34,7 @@ use parking_lot::Mutex;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::ByteValued;
 
+use super::passthrough::sys::errno;
 use super::passthrough::PassthroughFs;
 use super::vfs::{FsType, MountRecord};
 
@@ -54,10 +55,6 @@ pub const FUSE_TMPFILE: u32 = 51;
 const VFS_INDEX_SHIFT: u32 = 56;
 /// Longest name a request may carry (NAME_MAX plus slack for the NUL).
 const MAX_NAME: usize = 4096;
-
-fn errno(e: i32) -> io::Error {
-    io::Error::from_raw_os_error(e)
-}
 
 /// Routes each FUSE request (see the module docs).
 pub struct Dispatcher {

@@ -315,12 +315,19 @@ impl PassthroughFs {
 
     /// Reopens the inode of an O_PATH fd through /proc/self/fd.
     fn reopen_fd(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+        let (proc, name) = self.proc_entry(fd.as_raw_fd())?;
+        sys::openat(proc, &name, flags)
+    }
+
+    /// `/proc/self/fd` and the entry naming `fd` in it, for the *at calls that reach an
+    /// inode through its O_PATH fd.
+    fn proc_entry(&self, fd: std::os::fd::RawFd) -> io::Result<(std::os::fd::RawFd, CString)> {
         let proc = self
             .proc_self_fd
             .as_ref()
             .ok_or_else(|| errno(libc::ENOTSUP))?;
-        let name = CString::new(fd.as_raw_fd().to_string()).map_err(|_| errno(libc::EINVAL))?;
-        sys::openat(proc.as_raw_fd(), &name, flags)
+        let name = CString::new(fd.to_string()).map_err(|_| errno(libc::EINVAL))?;
+        Ok((proc.as_raw_fd(), name))
     }
 
     /// An fd of an open guest handle on `id`, if any (for inodes whose host file is gone).
@@ -399,7 +406,7 @@ impl PassthroughFs {
     }
 
     /// Registers the host inode of `fd` (O_PATH or open) with one lookup.
-    fn register(&self, fd: OwnedFd, st: stat64, mnt: u64, pin: bool) -> io::Result<Entry> {
+    fn register(&self, fd: Arc<OwnedFd>, st: stat64, mnt: u64, pin: bool) -> io::Result<Entry> {
         let key = InodeKey {
             dev: st.st_dev,
             ino: st.st_ino,
@@ -427,7 +434,6 @@ impl PassthroughFs {
         if handle.is_none() && !pin {
             handle = self.handle_for(fd.as_fd(), kind)?;
         }
-        let fd = Arc::new(fd);
         let pinned = if handle.is_none() {
             self.inodes.reserve_pin()?;
             Some(fd.clone())
@@ -474,11 +480,11 @@ impl PassthroughFs {
     }
 
     /// Keeps `fd` pinned in `inode` (a tmpfile linked in, or looked up again).
-    fn pin(&self, inode: &Inode, fd: OwnedFd) -> io::Result<()> {
+    fn pin(&self, inode: &Inode, fd: Arc<OwnedFd>) -> io::Result<()> {
         let mut p = inode.pinned.lock();
         if p.is_none() && inode.handle.is_none() {
             self.inodes.reserve_pin()?;
-            *p = Some(Arc::new(fd));
+            *p = Some(fd);
         }
         Ok(())
     }
@@ -518,7 +524,7 @@ impl PassthroughFs {
         let pfd = self.inode_fd(parent)?;
         let fd = sys::open_beneath(pfd.as_fd(), name, libc::O_PATH, 0)?;
         let (st, mnt) = sys::statx_fd(fd.as_fd())?;
-        self.register(fd, st, mnt, false)
+        self.register(Arc::new(fd), st, mnt, false)
     }
 
     fn forget_one(&self, id: u64, count: u64) {
@@ -542,14 +548,16 @@ impl PassthroughFs {
             .ok_or_else(|| errno(libc::EIO))
     }
 
-    fn new_handle(&self, inode: u64, flags: i32, fd: OwnedFd) -> u64 {
+    /// A new guest handle on `fd` (shared with the inode's cached or pinned fd after a
+    /// create, so no dup is needed).
+    fn new_handle(&self, inode: u64, flags: i32, fd: Arc<OwnedFd>) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.write().insert(
             fh,
             Arc::new(HandleData {
                 inode,
                 flags,
-                file: Some(Arc::new(fd)),
+                file: Some(fd),
                 dir_lock: Mutex::new(()),
             }),
         );
@@ -623,8 +631,8 @@ impl PassthroughFs {
             sys::open_beneath(pfd.as_fd(), c".", flags, args.mode & !mask & 0o7777)?
         };
         let (st, mnt) = sys::statx_fd(fd.as_fd())?;
-        let ifd = fd.try_clone()?;
-        let e = self.register(ifd, st, mnt, true)?;
+        let fd = Arc::new(fd);
+        let e = self.register(fd.clone(), st, mnt, true)?;
         let fh = self.new_handle(e.inode, flags & !libc::O_TMPFILE, fd);
         Ok((e, fh, OpenOptions::empty()))
     }
@@ -849,7 +857,8 @@ impl FileSystem for PassthroughFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         let node = self.inode(inode)?;
-        let hfile = handle.and_then(|h| self.handle_file(h).ok());
+        let hdata = handle.and_then(|h| self.handle(h).ok());
+        let hfile = hdata.as_ref().and_then(|h| h.file.clone());
         let fd = match &hfile {
             Some(f) => f.clone(),
             None => self.fd_of(&node).map_err(stale_to_enoent)?,
@@ -862,13 +871,8 @@ impl FileSystem for PassthroughFs {
                     if node.kind == libc::S_IFLNK {
                         return Err(errno(libc::EOPNOTSUPP));
                     }
-                    let proc = self
-                        .proc_self_fd
-                        .as_ref()
-                        .ok_or_else(|| errno(libc::ENOTSUP))?;
-                    let n = CString::new(fd.as_raw_fd().to_string())
-                        .map_err(|_| errno(libc::EINVAL))?;
-                    sys::fchmodat(proc.as_raw_fd(), &n, attr.st_mode & 0o7777)?;
+                    let (proc, n) = self.proc_entry(fd.as_raw_fd())?;
+                    sys::fchmodat(proc, &n, attr.st_mode & 0o7777)?;
                 }
             }
         }
@@ -887,13 +891,11 @@ impl FileSystem for PassthroughFs {
         }
         if valid.contains(SetattrValid::SIZE) {
             let _k = NoFsetidGuard::new(kill)?;
+            let writable = hdata
+                .as_ref()
+                .is_some_and(|h| h.flags & libc::O_ACCMODE != libc::O_RDONLY);
             match &hfile {
-                Some(f)
-                    if self.handle(handle.unwrap_or(0))?.flags & libc::O_ACCMODE
-                        != libc::O_RDONLY =>
-                {
-                    sys::ftruncate(f.as_fd(), attr.st_size)?
-                }
+                Some(f) if writable => sys::ftruncate(f.as_fd(), attr.st_size)?,
                 _ => {
                     let w = self.open_inode(&node, libc::O_WRONLY | libc::O_NONBLOCK)?;
                     sys::ftruncate(w.as_fd(), attr.st_size)?;
@@ -935,13 +937,8 @@ impl FileSystem for PassthroughFs {
                 // utimensat(fd, "", AT_EMPTY_PATH) works on an O_PATH symlink fd (5.8+).
                 sys::utimensat(fd.as_raw_fd(), sys::EMPTY, &t, libc::AT_EMPTY_PATH)?;
             } else {
-                let proc = self
-                    .proc_self_fd
-                    .as_ref()
-                    .ok_or_else(|| errno(libc::ENOTSUP))?;
-                let n =
-                    CString::new(fd.as_raw_fd().to_string()).map_err(|_| errno(libc::EINVAL))?;
-                sys::utimensat(proc.as_raw_fd(), &n, &t, 0)?;
+                let (proc, n) = self.proc_entry(fd.as_raw_fd())?;
+                sys::utimensat(proc, &n, &t, 0)?;
             }
         }
         Ok((sys::fstat(fd.as_fd())?, self.cfg.attr_timeout))
@@ -1059,7 +1056,7 @@ impl FileSystem for PassthroughFs {
             self.open_inode(&node, hf)?
         };
         Ok((
-            Some(self.new_handle(inode, hf, fd)),
+            Some(self.new_handle(inode, hf, Arc::new(fd))),
             OpenOptions::empty(),
             None,
         ))
@@ -1086,7 +1083,8 @@ impl FileSystem for PassthroughFs {
         if kind_of(st.st_mode) != libc::S_IFREG {
             return Err(errno(libc::EEXIST));
         }
-        let e = self.register(fd.try_clone()?, st, mnt, false)?;
+        let fd = Arc::new(fd);
+        let e = self.register(fd.clone(), st, mnt, false)?;
         let fh = self.new_handle(e.inode, hf & !libc::O_CREAT, fd);
         Ok((e, Some(fh), OpenOptions::empty(), None))
     }
@@ -1264,7 +1262,7 @@ impl FileSystem for PassthroughFs {
         let _ = flags;
         let fd = self.open_inode(&node, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
         Ok((
-            Some(self.new_handle(inode, libc::O_RDONLY, fd)),
+            Some(self.new_handle(inode, libc::O_RDONLY, Arc::new(fd))),
             OpenOptions::empty(),
         ))
     }
