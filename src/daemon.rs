@@ -143,8 +143,8 @@ fn bind_private<T, E>(
 where
     DaemonError: From<E>,
 {
-    // SAFETY: umask cannot fail; start-up runs this on the main thread before the
-    // passthrough's serving threads (which have their own umask) exist.
+    // SAFETY: umask cannot fail. Start-up runs this on the main thread; the passthrough's
+    // serving threads have their own fs struct and set their umask before every create.
     let old = unsafe { libc::umask(0o177) };
     let r = bind();
     // SAFETY: as above.
@@ -321,11 +321,6 @@ pub fn run_virtiofs(
     let group = common.security.socket_group;
     let mut listener = bind_private(sock, group, || vhost_user::listen(sock))?;
     log::info!("vhost-user-fs socket listening on {}", sock.display());
-    ctx.set_state(DaemonState::Running);
-    if let Some(a) = &common.apisock {
-        bind_private(a, group, || api::start(a, ctx.clone()))?;
-        log::info!("API listening on {}", a.display());
-    }
 
     let cfg = DeviceConfig {
         num_request_queues,
@@ -343,7 +338,14 @@ pub fn run_virtiofs(
                 let _ = done_tx.send(r);
             })?;
     }
+    // Like nydusd, the API answers RUNNING from its first request; here that also means
+    // the filter already covers every thread, the API's among them.
     sandbox::lock_down(&sb)?;
+    ctx.set_state(DaemonState::Running);
+    if let Some(a) = &common.apisock {
+        bind_private(a, group, || api::start(a, ctx.clone()))?;
+        log::info!("API listening on {}", a.display());
+    }
 
     let result = crossbeam_channel::select! {
         recv(signals) -> s => {
@@ -389,12 +391,6 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
         .mount()
         .map_err(|e| DaemonError::Fuse(e.to_string()))?;
     log::info!("FUSE mounted at {}", mountpoint.display());
-    ctx.set_state(DaemonState::Running);
-    if let Some(a) = &common.apisock {
-        bind_private(a, common.security.socket_group, || {
-            api::start(a, ctx.clone())
-        })?;
-    }
 
     let server = Arc::new(tree.dispatcher());
     let (done_tx, done_rx) = bounded::<()>(1);
@@ -431,6 +427,12 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
     }
     drop(done_tx);
     sandbox::lock_down(&sb)?;
+    ctx.set_state(DaemonState::Running);
+    if let Some(a) = &common.apisock {
+        bind_private(a, common.security.socket_group, || {
+            api::start(a, ctx.clone())
+        })?;
+    }
 
     crossbeam_channel::select! {
         recv(signals) -> s => log::info!("signal {} received, unmounting", s.unwrap_or(0)),

@@ -50,19 +50,25 @@ fn kata_and_standalone_launches_are_confined() {
     let (a, s) = (api.to_str().unwrap(), sock.to_str().unwrap());
 
     // Kata's argv: API present, so a passthrough may come: the passthrough set.
-    let d = start(
-        &[
-            "virtiofs",
-            "--log-level",
-            "info",
-            "--apisock",
-            a,
-            "--sock",
-            s,
-        ],
-        &api,
-    );
+    let d = Daemon::spawn(&[
+        "virtiofs",
+        "--log-level",
+        "info",
+        "--apisock",
+        a,
+        "--sock",
+        s,
+    ]);
     let pid = d.pid();
+    // As with nydusd, the first answer of the API already says RUNNING, and by then the
+    // daemon is confined.
+    let t0 = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&api).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no API socket");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let first = http(&api, "GET", "/api/v1/daemon", None);
+    assert_eq!(first.json()["state"], "RUNNING");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert_eq!(status_field(pid, "Seccomp"), "2");
     let want = format!("{:016x}", cap_mask(true, false));
@@ -99,7 +105,11 @@ fn kata_and_standalone_launches_are_confined() {
         cfg.to_str().unwrap(),
     ]);
     assert!(wait_for_path(&sock, Duration::from_secs(10)));
-    std::thread::sleep(Duration::from_millis(200));
+    // Without an API there is no RUNNING to wait for: the filter follows the socket shortly.
+    let t0 = std::time::Instant::now();
+    while status_field(d.pid(), "Seccomp") != "2" && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(status_field(d.pid(), "Seccomp"), "2");
     assert_eq!(status_field(d.pid(), "NoNewPrivs"), "1");
     assert_eq!(status_field(d.pid(), "CapEff"), "0000000000000000");
