@@ -28,6 +28,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::api::BackendFileSystem;
 
+use super::vfs::WarmReads;
 use crate::config::{BackendConfig, CacheType, ConfigError, RafsConfig};
 use crate::rafs::layout::PLACEHOLDER_BLOB_ID;
 use crate::rafs::{InodeAttr, RafsError, RafsImage, RafsVersion};
@@ -171,6 +172,34 @@ impl Readahead {
                 break;
             }
             self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Tells whether a read is served from chunks this process has already verified (in its
+/// memory LRU or the shared cache), so the device can serve it on the queue thread. A chunk
+/// evicted between this check and the read is fetched on the queue thread once: rare, and
+/// no worse than a cold read there.
+struct RafsWarmReads {
+    image: Arc<RafsImage>,
+    device: Arc<BlobDevice>,
+}
+
+impl WarmReads for RafsWarmReads {
+    fn is_warm(&self, ino: u64, offset: u64, size: u32) -> bool {
+        let Ok(a) = self.image.getattr(ino) else {
+            return false;
+        };
+        if a.mode & libc::S_IFMT != libc::S_IFREG {
+            return false;
+        }
+        if offset >= a.size || size == 0 {
+            return true;
+        }
+        let end = a.size.min(offset + u64::from(size));
+        match self.image.file_chunks(ino, offset, end - offset) {
+            Ok(chunks) => chunks.iter().all(|fc| self.device.is_warm(&fc.chunk)),
+            Err(_) => false,
         }
     }
 }
@@ -322,6 +351,14 @@ impl RafsFs {
     }
 
     /// The opened image.
+    /// The warm-read probe of this image (see [`WarmReads`]).
+    pub fn warm_reads(&self) -> Arc<dyn WarmReads> {
+        Arc::new(RafsWarmReads {
+            image: self.image.clone(),
+            device: self.device.clone(),
+        })
+    }
+
     pub fn image(&self) -> &Arc<RafsImage> {
         &self.image
     }

@@ -749,19 +749,30 @@ impl BlobDevice {
     /// is (readahead and prefetch: a warm chunk costs a set lookup, not a copy and a CRC).
     pub fn ensure_chunk(&self, chunk: &ChunkRef) -> Result<()> {
         let c = self.chunk_info(chunk)?;
+        if self.info_is_warm(&c) {
+            return Ok(());
+        }
+        self.get(&c).map(|_| ())
+    }
+
+    /// Whether chunk `chunk` can be served without a backend fetch and without reading it
+    /// whole: it is in the memory LRU, or verified in the shared cache by this process.
+    pub fn is_warm(&self, chunk: &ChunkRef) -> bool {
+        self.chunk_info(chunk).is_ok_and(|c| self.info_is_warm(&c))
+    }
+
+    fn info_is_warm(&self, c: &ChunkInfo) -> bool {
         if self
             .mem
             .lock()
             .contains(&(c.blob_index, c.compressed_offset))
         {
-            return Ok(());
+            return true;
         }
-        if let Some(cache) = &self.cache {
-            if cache.is_verified(&self.cache_key(&c)?) {
-                return Ok(());
-            }
+        match (&self.cache, self.cache_key(c)) {
+            (Some(cache), Ok(k)) => cache.is_verified(&k),
+            _ => false,
         }
-        self.get(&c).map(|_| ())
     }
 }
 

@@ -34,10 +34,10 @@ use vmm_sys_util::event::{
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::fs::dispatch::Dispatcher;
-use crate::fs::vfs::{FsMetrics, FsTree};
-use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
+use crate::fs::vfs::{FsMetrics, FsTree, InlineReads};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, ReadIn};
 use pool::ThreadPool;
-use vm_memory::Bytes;
+use vm_memory::{Address, ByteValued, Bytes};
 
 /// Largest virtqueue size accepted (QEMU and cloud-hypervisor default to 1024).
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -90,7 +90,7 @@ pub struct DeviceConfig {
 /// Per-connection backend state.
 pub struct VhostUserFsBackend {
     server: Arc<Dispatcher>,
-    local: Arc<crate::fs::vfs::LocalFsSet>,
+    inline: Arc<InlineReads>,
     metrics: Arc<FsMetrics>,
     cfg: DeviceConfig,
     event_idx: AtomicBool,
@@ -110,7 +110,7 @@ impl VhostUserFsBackend {
     pub fn new(tree: &FsTree, cfg: DeviceConfig) -> Self {
         VhostUserFsBackend {
             server: Arc::new(tree.dispatcher()),
-            local: tree.local_fs(),
+            inline: tree.inline_reads(),
             metrics: tree.metrics_hook(),
             cfg,
             event_idx: AtomicBool::new(false),
@@ -266,7 +266,7 @@ impl VhostUserFsBackend {
         let metrics = self.metrics.clone();
         let vring = vring.clone();
         match (&self.cfg.pool, qidx) {
-            (Some(pool), q) if q != HIPRIO_QUEUE && request_may_block(&chain, &self.local) => {
+            (Some(pool), q) if q != HIPRIO_QUEUE && request_may_block(&chain, &self.inline) => {
                 let inflight = self.inflight.clone();
                 inflight.fetch_add(1, Ordering::AcqRel);
                 pool.execute(move || {
@@ -297,26 +297,59 @@ const POOLED_OPCODES: [Opcode; 8] = [
 
 /// Whether the request in `chain` should go to the pool (see [`POOLED_OPCODES`]). A header
 /// that cannot be read is answered inline (with the server's error). READ and WRITE of a
-/// passthrough (`local`) are served inline, as virtiofsd serves them: they wait on the host's
-/// page cache or disk, never on a registry, and the hand-off to the pool cost more CPU than
-/// the read (docs/performance.md).
-fn request_may_block(chain: &Chain, local: &crate::fs::vfs::LocalFsSet) -> bool {
+/// passthrough, and READs that [`InlineReads`] finds warm (every chunk already verified in
+/// the cache), are served inline, as virtiofsd serves its reads: they wait on the host's page
+/// cache or disk, never on a registry, and the hand-off to the pool cost more CPU than the
+/// read (docs/performance.md).
+fn request_may_block(chain: &Chain, inline: &InlineReads) -> bool {
     let Some(desc) = chain.clone().next() else {
         return false;
     };
     if desc.is_write_only() || (desc.len() as usize) < std::mem::size_of::<InHeader>() {
         return false;
     }
-    match chain.memory().read_obj::<InHeader>(desc.addr()) {
-        Ok(ih) => {
-            let data = ih.opcode == Opcode::Read as u32 || ih.opcode == Opcode::Write as u32;
-            if data && local.contains((ih.nodeid >> 56) as u8) {
-                return false;
-            }
-            POOLED_OPCODES.iter().any(|&op| op as u32 == ih.opcode)
-        }
-        Err(_) => false,
+    let Ok(ih) = chain.memory().read_obj::<InHeader>(desc.addr()) else {
+        return false;
+    };
+    if ih.opcode == Opcode::Write as u32 && inline.is_local((ih.nodeid >> 56) as u8) {
+        return false;
     }
+    if ih.opcode == Opcode::Read as u32 {
+        return match read_args(chain) {
+            Some(r) => !inline.read_is_inline(ih.nodeid, r.offset, r.size),
+            None => true,
+        };
+    }
+    POOLED_OPCODES.iter().any(|&op| op as u32 == ih.opcode)
+}
+
+/// The READ arguments that follow the header, wherever the driver split its descriptors
+/// (Linux puts the header and the arguments in separate ones).
+fn read_args(chain: &Chain) -> Option<ReadIn> {
+    let want = std::mem::size_of::<InHeader>()
+        ..std::mem::size_of::<InHeader>() + std::mem::size_of::<ReadIn>();
+    let mut buf = [0u8; std::mem::size_of::<ReadIn>()];
+    let mut pos = 0usize;
+    for d in chain.clone() {
+        if d.is_write_only() {
+            break;
+        }
+        let (start, end) = (pos, pos + d.len() as usize);
+        pos = end;
+        let (a, b) = (want.start.max(start), want.end.min(end));
+        if a < b {
+            let at = d.addr().checked_add((a - start) as u64)?;
+            chain
+                .memory()
+                .read_slice(&mut buf[a - want.start..b - want.start], at)
+                .ok()?;
+        }
+        if pos >= want.end {
+            // ReadIn is plain old data (ByteValued): any bytes are a value.
+            return Some(*ReadIn::from_slice(&buf)?);
+        }
+    }
+    None
 }
 
 /// Serves one FUSE request and completes its descriptor chain.
