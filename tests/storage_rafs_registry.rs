@@ -5,6 +5,8 @@
 mod rafs_support;
 #[path = "common/registry.rs"]
 mod registry;
+#[path = "common/vu_driver.rs"]
+mod vu_driver;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -233,4 +235,125 @@ fn wrong_bytes_from_the_registry_are_eio_and_not_cached() {
     }
     assert!(files > 0, "nothing good was cached either");
     drop(good);
+}
+
+/// A READ whose chunks are all cached is served on the queue thread, so it is answered even
+/// while the only pool thread waits on a stalled registry for a cold chunk. (Before warm
+/// reads were served inline, it queued behind the stalled fetch until that timed out.)
+#[test]
+fn warm_reads_are_answered_while_the_pool_waits_on_a_stalled_registry() {
+    use rafs_virtiofsd::fs::vfs::{FsTree, FsType};
+    use rafs_virtiofsd::vhost_user::{self, pool::ThreadPool, DeviceConfig};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use vu_driver::{open_body, out_header, read_body, Driver, FUSE_OPEN, FUSE_READ};
+
+    let _ = env_logger::builder().is_test(true).try_init();
+    let name = "v6-zstd-64k-base";
+    let d = image_dir(name);
+    let img = RafsImage::open(&d.join("image.boot")).unwrap();
+    let blob = std::fs::read(d.join("blobs").join(&img.blobs()[0].blob_id)).unwrap();
+    let stall = Arc::new(AtomicBool::new(false));
+    let srv = {
+        let stall = stall.clone();
+        FakeServer::start("127.0.0.1", move |req| {
+            if req.path.contains("/blobs/") {
+                let t0 = Instant::now();
+                while stall.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(20) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                range_reply(req, &blob)
+            } else {
+                Reply::new(200, "{}")
+            }
+        })
+    };
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = v1_config(&srv.addr, "test/stall", Some(work.path()), false);
+    cfg.amplify_io = 0;
+    let fs = RafsFs::open(&d.join("image.boot"), &cfg).unwrap();
+    let tree = Arc::new(FsTree::new());
+    tree.mount_backend(
+        Box::new(fs),
+        FsType::Rafs,
+        "stall",
+        serde_json::Value::Null,
+        "/r",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vhost.sock");
+    let mut listener = vhost_user::listen(&sock).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (tree, stop) = (tree.clone(), stop.clone());
+        let cfg = DeviceConfig {
+            num_request_queues: 1,
+            // One worker and no extras: a stalled fetch holds the whole pool.
+            pool: Some(
+                ThreadPool::with_limits("stall-pool", 1, 0, Duration::from_secs(1)).unwrap(),
+            ),
+        };
+        std::thread::spawn(move || vhost_user::serve(&mut listener, tree, cfg, stop, &|_| {}))
+    };
+
+    let mut drv = Driver::connect(&sock, 2);
+    let mem = drv.mem.clone();
+    drv.init();
+    let r = drv.lookup(1, 1, "r");
+    let (want, _) = want_manifest(name);
+    let want = parse_manifest(&want);
+    let cold_name = want
+        .iter()
+        .find(|(p, l)| {
+            l.kind == "f"
+                && !p.contains('/')
+                && *p != "big.bin"
+                && l.size.parse::<u64>().unwrap() > 1000
+        })
+        .map(|(p, _)| p.clone())
+        .unwrap();
+    let warm = drv.lookup(1, r, "big.bin");
+    let cold = drv.lookup(1, r, &cold_name);
+    let mut open = |ino: u64| {
+        let (err, rp) = drv.call(1, FUSE_OPEN, ino, &open_body(libc::O_RDONLY as u32));
+        assert_eq!(err, 0);
+        mem.u64_at(rp + 16)
+    };
+    let (fw, fc) = (open(warm), open(cold));
+    // Warm the first 2 KiB of big.bin.
+    let (err, rp) = drv.call(1, FUSE_READ, warm, &read_body(fw, 0, 2048));
+    assert_eq!(err, 0);
+    let first = mem.read(rp + 16, 2048);
+
+    stall.store(true, Ordering::Relaxed);
+    let (cold_head, _, _) = drv.send(1, FUSE_READ, cold, &read_body(fc, 0, 2048));
+    let early = drv.queues[1].wait_used(Duration::from_millis(300));
+    assert!(
+        early.is_none(),
+        "the cold read did not wait for the registry: {early:?}"
+    );
+    let t0 = Instant::now();
+    let (warm_head, warm_rp, _) = drv.send(1, FUSE_READ, warm, &read_body(fw, 0, 2048));
+    let (id, _) = drv.queues[1]
+        .wait_used(Duration::from_secs(10))
+        .expect("no reply");
+    assert_eq!(
+        id,
+        u32::from(warm_head),
+        "the cold read (head {cold_head}) finished first: the warm one waited for the pool"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let (len, err, _) = out_header(&mem, warm_rp);
+    assert_eq!((len, err), (16 + 2048, 0));
+    assert_eq!(mem.read(warm_rp + 16, 2048), first);
+    // Release the registry: the cold read completes too.
+    stall.store(false, Ordering::Relaxed);
+    let (id, _) = drv.queues[1]
+        .wait_used(Duration::from_secs(20))
+        .expect("cold read never answered");
+    assert_eq!(id, u32::from(cold_head));
+    drop(drv);
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap().unwrap();
 }

@@ -133,8 +133,29 @@ fn path_id(p: &Path) -> u128 {
     u128::from_le_bytes(b)
 }
 
-/// Verified chunk files a process keeps open.
-pub const OPEN_FILES: usize = 256;
+/// Verified chunk files one cache keeps open, at least: a warm read of an open one is one
+/// `pread`, of a closed one an `open`, a `utimensat` and a `close` more.
+pub const OPEN_FILES_MIN: usize = 256;
+/// ... and at most.
+pub const OPEN_FILES_MAX: usize = 4096;
+
+/// How many chunk files a cache keeps open: an eighth of the soft RLIMIT_NOFILE (which the
+/// daemon raises to the hard limit at start-up), within [`OPEN_FILES_MIN`]..=[`OPEN_FILES_MAX`].
+/// With Debian's default hard limit of 1,048,576 (and 20,000 here) that is 4,096 (2,500):
+/// the chunks of a 4 GiB (2.4 GiB) working set at 1 MiB a chunk.
+pub fn open_files_cap() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid, writable rlimit struct.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur as usize
+    } else {
+        0
+    };
+    (soft / 8).clamp(OPEN_FILES_MIN, OPEN_FILES_MAX)
+}
 /// A warm chunk's mtime is bumped at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(30);
 
@@ -169,7 +190,8 @@ impl ChunkCache {
             used: AtomicU64::new(0),
             verified: Mutex::new(HashSet::new()),
             open_files: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(OPEN_FILES).unwrap_or(std::num::NonZeroUsize::MIN),
+                std::num::NonZeroUsize::new(open_files_cap())
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
             )),
             evicting: Mutex::new(()),
             metrics: CacheMetrics::default(),
@@ -244,7 +266,7 @@ impl ChunkCache {
     }
 
     /// An open file for `key` if this process has verified it before (for zero-copy reads).
-    /// Warm files stay open (at most [`OPEN_FILES`]), so a warm read is one `pread`; the
+    /// Warm files stay open (at most [`open_files_cap`]), so a warm read is one `pread`; the
     /// files are immutable, so an open one stays right even if another process evicts it.
     pub fn open_verified(&self, key: &CacheKey) -> Option<Arc<File>> {
         let p = self.path_of(key);

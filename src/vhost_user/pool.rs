@@ -51,7 +51,9 @@ impl ThreadPool {
         Self::with_limits(name, size, MAX_EXTRA_WORKERS, EXTRA_IDLE)
     }
 
-    fn with_limits(
+    /// Starts `size` resident workers and lets up to `max_extra` more start while every
+    /// worker is busy; an extra one exits after `extra_idle` without work.
+    pub fn with_limits(
         name: &str,
         size: usize,
         max_extra: usize,

@@ -299,6 +299,8 @@ pub struct Queue {
     unique: u64,
     kick: EventFd,
     call: EventFd,
+    /// See [`Strict::used_len`].
+    strict_used_len: bool,
 }
 
 impl Queue {
@@ -318,6 +320,7 @@ impl Queue {
             next_slot: 0,
             unique: ((index as u64) << 48) + 1,
             kick: EventFd::new(libc::EFD_NONBLOCK)?,
+            strict_used_len: true,
             call: EventFd::new(libc::EFD_NONBLOCK)?,
         })
     }
@@ -517,7 +520,7 @@ impl Queue {
                 if unique != s.unique {
                     return Err(fail(format!("reply unique {unique}, sent {}", s.unique)));
                 }
-                if len != used_len {
+                if len != used_len && (self.strict_used_len || used_len != 0) {
                     return Err(fail(format!(
                         "FUSE reply length {len}, used length {used_len}"
                     )));
@@ -678,6 +681,9 @@ pub struct Strict {
     pub protocol: bool,
     /// GET_QUEUE_NUM must equal the number of queues asked for.
     pub exact_queues: bool,
+    /// The used length must equal the FUSE reply length. nydusd always reports 0, which
+    /// Linux accepts (it takes the length from the FUSE header); without this, so do we.
+    pub used_len: bool,
 }
 
 impl Strict {
@@ -686,6 +692,7 @@ impl Strict {
             features: true,
             protocol: true,
             exact_queues: true,
+            used_len: true,
         }
     }
 }
@@ -786,7 +793,8 @@ impl Driver {
         vu("SET_MEM_TABLE", fe.set_mem_table(&[region]))?;
         let mut queues = Vec::new();
         for i in 0..nq {
-            let q = Queue::new(mem.clone(), layout, i)?;
+            let mut q = Queue::new(mem.clone(), layout, i)?;
+            q.strict_used_len = strict.used_len;
             vu("SET_VRING_NUM", fe.set_vring_num(i, layout.queue_size))?;
             vu(
                 "SET_VRING_ADDR",
@@ -854,7 +862,8 @@ impl Driver {
             .wait_used(limit)
             .ok_or_else(|| io::Error::other(format!("opcode {opcode}: no reply in {limit:?}")))?;
         let (olen, err, ou) = out_header(&self.mem, rp);
-        if id != u32::from(head) || ou != unique || olen != len {
+        let len_ok = olen == len || (len == 0 && !self.queues[q].strict_used_len);
+        if id != u32::from(head) || ou != unique || !len_ok {
             return Err(io::Error::other(format!(
                 "opcode {opcode}: used id {id} (sent {head}), unique {ou} (sent {unique}), \
                  FUSE length {olen}, used length {len}"
