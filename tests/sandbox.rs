@@ -3,6 +3,8 @@
 //! sockets are private whatever the umask; and `--sandbox namespace` shows only the allowed
 //! trees, refuses API mounts outside them and sees mounts made later under them.
 
+#[path = "common/skip.rs"]
+mod skip;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -366,4 +368,71 @@ fn api_connections_are_bounded() {
         }
     }
     assert!(ok, "API did not answer after the connections closed");
+}
+
+/// Landlock, the second fence of `--sandbox namespace`: once the ruleset is on, files
+/// outside the visible trees cannot be opened even though they are there (the namespace
+/// would hide them; here nothing does), and the trees stay fully usable. The restriction
+/// binds a whole process for good, so the check runs in a child: this test re-run with
+/// RV_LANDLOCK_PROBE set.
+#[test]
+fn landlock_fences_the_process_to_its_trees() {
+    if let Ok(dirs) = std::env::var("RV_LANDLOCK_PROBE") {
+        let (inside, outside) = dirs.split_once(':').unwrap();
+        let st = sandbox::landlock::restrict(&[PathBuf::from(inside)]).unwrap();
+        assert_eq!(st, sandbox::landlock::Enforced::Fully);
+        std::fs::write(Path::new(inside).join("new"), b"x").unwrap();
+        std::fs::rename(
+            Path::new(inside).join("new"),
+            Path::new(inside).join("renamed"),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(Path::new(inside).join("renamed")).unwrap(),
+            b"x"
+        );
+        let denied = |r: std::io::Result<()>| {
+            assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EACCES));
+        };
+        denied(std::fs::read(Path::new(outside).join("secret")).map(|_| ()));
+        denied(std::fs::write(Path::new(outside).join("planted"), b"x"));
+        denied(std::fs::read("/etc/passwd").map(|_| ()));
+        // Read-only set: /proc and name resolution files.
+        assert!(std::fs::read_to_string("/proc/self/status").is_ok());
+        denied(std::fs::write("/etc/hosts", b"x"));
+        return;
+    }
+    if landlock_abi() < 1 {
+        skip::skip("no Landlock in this kernel");
+        return;
+    }
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (inside, outside) = (t.path().join("in"), t.path().join("out"));
+    std::fs::create_dir_all(&inside).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"s").unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "landlock_fences_the_process_to_its_trees",
+            "--nocapture",
+        ])
+        .env(
+            "RV_LANDLOCK_PROBE",
+            format!("{}:{}", inside.display(), outside.display()),
+        )
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    assert!(!outside.join("planted").exists());
+}
+
+/// The kernel's Landlock ABI version (0 without Landlock).
+fn landlock_abi() -> i64 {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only
+    // returns the ABI version.
+    let r = unsafe { libc::syscall(444, std::ptr::null::<u8>(), 0usize, 1u32) };
+    r.max(0)
 }

@@ -7,12 +7,14 @@
 //! - a seccomp-BPF allowlist on every thread ([`seccomp`]), `--seccomp kill` by default.
 //!
 //! Optional, `--sandbox namespace`: a private mount namespace whose root holds only the
-//! allowed trees ([`namespace`]).
+//! allowed trees ([`namespace`]), fenced again by Landlock where the kernel has it
+//! ([`landlock`]).
 //!
 //! Order: [`enter`] runs first in each run loop, before any thread exists (capabilities are
 //! per thread, so threads made later inherit the reduced sets); [`lock_down`] installs the
 //! seccomp filter on all threads when start-up is over.
 
+pub mod landlock;
 pub mod namespace;
 pub mod seccomp;
 
@@ -107,6 +109,19 @@ fn err(what: &str, e: impl std::fmt::Display) -> SandboxError {
 pub fn enter(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     if cfg.mode == SandboxMode::Namespace {
         namespace::enter(&cfg.visible)?;
+        if cfg.fuse {
+            log::info!("sandbox: no Landlock in FUSE mode (it would forbid the FUSE mount)");
+        } else {
+            match landlock::restrict(&cfg.visible)? {
+                landlock::Enforced::Fully => log::info!("sandbox: Landlock enforced"),
+                landlock::Enforced::Partially => {
+                    log::info!("sandbox: Landlock partly enforced (older kernel ABI)")
+                }
+                landlock::Enforced::Not => {
+                    log::warn!("sandbox: Landlock not enforced (kernel without Landlock)")
+                }
+            }
+        }
     }
     drop_caps(&needed_caps(cfg.passthrough, cfg.fuse))?;
     // SAFETY: plain prctl with integer arguments.
