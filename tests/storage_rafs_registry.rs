@@ -49,6 +49,22 @@ fn v1_config(host: &str, repo: &str, work: Option<&Path>, validate: bool) -> Raf
     c
 }
 
+/// A top-level regular file of fixture `name` over 1000 bytes, other than big.bin (its
+/// chunks are not big.bin's).
+fn top_level_file_besides_big_bin(name: &str) -> String {
+    let (want, _) = want_manifest(name);
+    parse_manifest(&want)
+        .into_iter()
+        .find(|(p, l)| {
+            l.kind == "f"
+                && !p.contains('/')
+                && p != "big.bin"
+                && l.size.parse::<u64>().unwrap() > 1000
+        })
+        .map(|(p, _)| p)
+        .unwrap()
+}
+
 fn push_fixture(reg: &Registry, name: &str, repo: &str) -> RafsImage {
     let d = image_dir(name);
     let img = RafsImage::open(&d.join("image.boot")).unwrap();
@@ -148,17 +164,7 @@ fn registry_down_gives_eio_in_time_and_cached_data_still_serves() {
     drop(reg);
     let (want, _) = want_manifest(name);
     let want = parse_manifest(&want);
-    let cold_name = want
-        .iter()
-        .find(|(p, l)| {
-            l.kind == "f"
-                && l.size != "0"
-                && !p.contains('/')
-                && *p != "big.bin"
-                && l.size.parse::<u64>().unwrap() > 1000
-        })
-        .map(|(p, _)| p.clone())
-        .unwrap();
+    let cold_name = top_level_file_besides_big_bin(name);
     let cold = lookup(&fs, cold_name.as_bytes());
     let t0 = Instant::now();
     let e = read_all(&fs, cold.inode, cold.attr.st_size as u64, 128 * 1024).unwrap_err();
@@ -301,18 +307,7 @@ fn warm_reads_are_answered_while_the_pool_waits_on_a_stalled_registry() {
     let mem = drv.mem.clone();
     drv.init();
     let r = drv.lookup(1, 1, "r");
-    let (want, _) = want_manifest(name);
-    let want = parse_manifest(&want);
-    let cold_name = want
-        .iter()
-        .find(|(p, l)| {
-            l.kind == "f"
-                && !p.contains('/')
-                && *p != "big.bin"
-                && l.size.parse::<u64>().unwrap() > 1000
-        })
-        .map(|(p, _)| p.clone())
-        .unwrap();
+    let cold_name = top_level_file_besides_big_bin(name);
     let warm = drv.lookup(1, r, "big.bin");
     let cold = drv.lookup(1, r, &cold_name);
     let mut open = |ino: u64| {
