@@ -396,8 +396,7 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
     let (done_tx, done_rx) = bounded::<()>(1);
     let nthreads = common.thread_pool_size.max(1);
     for i in 0..nthreads {
-        let mut ch = session
-            .new_channel()
+        let mut ch = crate::fusedev::FuseDevChannel::new(&session)
             .map_err(|e| DaemonError::Fuse(e.to_string()))?;
         let server = server.clone();
         let hook = tree.metrics_hook();
@@ -406,7 +405,7 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
             .name(format!("fuse-{i}"))
             .spawn(move || {
                 loop {
-                    match ch.get_request() {
+                    match ch.next_request() {
                         Ok(Some((reader, writer))) => {
                             let r =
                                 server.handle_message(reader, writer.into(), None, Some(&*hook));

@@ -16,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod fs;
+pub mod fusedev;
 pub mod overlay_helper;
 pub mod rafs;
 pub mod sandbox;

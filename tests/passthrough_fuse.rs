@@ -473,3 +473,64 @@ fn o_tmpfile_on_read_only_tree_is_erofs() {
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     assert!(std::fs::read_dir(m.p("")).is_ok());
 }
+
+/// Voluntary context switches of the daemon's FUSE threads (`fuse-N`).
+fn fuse_thread_wakeups(pid: i32) -> (u64, usize) {
+    let (mut total, mut threads) = (0, 0);
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("fuse-") {
+            continue;
+        }
+        threads += 1;
+        let st = std::fs::read_to_string(t.path().join("status")).unwrap();
+        total += st
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+    }
+    (total, threads)
+}
+
+/// One request wakes one FUSE thread, not all of them: each thread blocks in `read` on its
+/// own clone of the /dev/fuse fd (the kernel wakes one waiter). With every thread polling
+/// one fd, each request woke all of them (about `threads` wake-ups a request).
+#[test]
+fn a_request_wakes_one_fuse_thread() {
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("f"), b"x").unwrap();
+    let m = FuseMount::new(Some(share.path()));
+    let pid = m.d.as_ref().unwrap().pid();
+    let path = CString::new(m.p("f").as_os_str().as_bytes()).unwrap();
+    let name = c"user.none";
+    // Warm up (lookups, INIT settle), then count.
+    let mut buf = [0u8; 16];
+    for _ in 0..50 {
+        // SAFETY: valid NUL-terminated strings and buffer.
+        unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16) };
+    }
+    let (before, threads) = fuse_thread_wakeups(pid);
+    assert!(
+        threads >= 4,
+        "expected the default pool of FUSE threads, found {threads}"
+    );
+    let n = 2000u64;
+    for _ in 0..n {
+        // SAFETY: as above. getxattr is not cached by the kernel: every call is a request.
+        let r =
+            unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16) };
+        assert_eq!(r, -1);
+    }
+    let (after, _) = fuse_thread_wakeups(pid);
+    let per_request = (after - before) as f64 / n as f64;
+    assert!(
+        per_request < 2.0,
+        "{per_request:.2} FUSE thread wake-ups per request with {threads} threads"
+    );
+}
