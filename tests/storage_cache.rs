@@ -4,6 +4,7 @@
 //! bootstraps.
 
 mod rafs_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -560,4 +561,120 @@ fn on_demand_read_does_not_wait_behind_prefetch() {
     );
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(chunk_fetches(&fs), n, "a chunk was fetched twice");
+}
+
+/// Counts the data files of a cache work dir and checks that each holds exactly the bytes its
+/// digest name says (a torn write must never sit under a final name).
+fn check_cache_files(work: &Path) -> usize {
+    let mut n = 0;
+    let data = work.join(CACHE_DIR).join("data");
+    if !data.exists() {
+        return 0;
+    }
+    walk(&data, &mut |p| {
+        let algo = p.parent().unwrap().parent().unwrap().file_name().unwrap();
+        if algo != "blake3" {
+            return;
+        }
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        let (digest, size) = name.split_once('-').unwrap();
+        let data = std::fs::read(p).unwrap();
+        assert_eq!(
+            data.len() as u64,
+            u64::from_str_radix(size, 16).unwrap(),
+            "{name}: torn"
+        );
+        assert_eq!(
+            blake3::hash(&data).to_hex().as_str(),
+            digest,
+            "{name}: wrong bytes"
+        );
+        n += 1;
+    });
+    n
+}
+
+/// kill -9 of the daemon while it writes the shared cache (background prefetch of every
+/// chunk; the kill is sent as soon as a chunk write has begun), at least 20 times on one
+/// work dir, until one kill has left a half-written temporary file; then
+/// every cache file holds its digest's bytes, and a fresh instance on that work dir serves
+/// every file of the image byte for byte.
+#[test]
+fn kill_9_during_cache_writes_never_leaves_a_wrong_byte() {
+    use std::time::{Duration, Instant};
+    let name = "v6-zstd-blake3-1m";
+    let d = image_dir(name);
+    let t = tempfile::tempdir().unwrap();
+    let work = t.path().join("work");
+    let cfg = t.path().join("rafs.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "device": {
+                "backend": {"type": "localfs", "config": {"dir": d.join("blobs")}},
+                "cache": {"type": "blobcache", "config": {"work_dir": work}}
+            },
+            "mode": "direct",
+            "digest_validate": false,
+            "fs_prefetch": {"enable": true, "prefetch_all": true, "threads_count": 2}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let sock = t.path().join("vhost.sock");
+    let boot = d.join("image.boot");
+    let mut counts = Vec::new();
+    // 20 kills, and more (up to 100) until one has landed in the middle of a write.
+    for i in 0..100u64 {
+        if i >= 20 && counts.iter().any(|&(_, tmp)| tmp > 0) {
+            break;
+        }
+        let _ = std::fs::remove_file(&sock);
+        let mut dmn = support::Daemon::spawn(&[
+            "virtiofs",
+            "--sock",
+            sock.to_str().unwrap(),
+            "--bootstrap",
+            boot.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-level",
+            "warn",
+        ]);
+        assert!(support::wait_for_path(&sock, Duration::from_secs(10)));
+        // Kill the moment a chunk write is under way (a temporary file exists), or after
+        // 2 s if none comes (everything cached).
+        let tmpdir = work.join(CACHE_DIR).join("tmp");
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(2)
+            && std::fs::read_dir(&tmpdir).map_or(true, |mut d| d.next().is_none())
+        {
+            std::hint::spin_loop();
+        }
+        let (_, status) = dmn
+            .signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+            .expect("daemon survived SIGKILL");
+        // -1: ended by a signal, not an exit code.
+        assert_eq!(
+            status,
+            -1,
+            "run {i}: exited on its own after {:?}",
+            t0.elapsed()
+        );
+        let tmp = std::fs::read_dir(&tmpdir).map(|d| d.count()).unwrap_or(0);
+        counts.push((check_cache_files(&work), tmp));
+    }
+    // The kills did land while chunks were being written: some left a partial temporary
+    // file behind (the next start clears them), and the store was still growing.
+    assert!(
+        counts.iter().any(|&(_, tmp)| tmp > 0),
+        "no kill landed in a cache write: (files, tmp files) {counts:?}"
+    );
+    let fs = RafsFs::open(&boot, &cached_config(&d.join("blobs"), &work, 0)).unwrap();
+    let (bad, good) = read_tree(&fs, name);
+    assert!(bad.is_empty(), "{bad:?}");
+    assert!(!good.is_empty());
+    assert_eq!(fs.metrics()["errors"], 0);
+    assert_eq!(fs.metrics()["device"]["verify_errors"], 0);
+    check_cache_files(&work);
 }
