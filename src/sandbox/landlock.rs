@@ -23,19 +23,15 @@ use landlock::{
     ABI,
 };
 
+use super::namespace::ALWAYS;
 use super::SandboxError;
 
 /// The newest ABI whose rights we name; older kernels get the subset they know.
 const ABI_WANTED: ABI = ABI::V5;
 
-/// Read-only beneath these.
-const READ_ONLY: &[&str] = &[
-    "/proc",
-    "/dev/urandom",
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/nsswitch.conf",
-];
+/// The one file of the sandbox's fixed set ([`super::namespace::ALWAYS`]) that is written;
+/// the rest are read-only.
+const WRITABLE: &str = "/dev/null";
 
 /// How far the kernel enforced the ruleset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +42,7 @@ pub enum Enforced {
 }
 
 /// Restricts the process (its only thread, and every thread it makes later) to `visible`
-/// plus the read-only set above.
+/// plus the sandbox's fixed set, read-only but for /dev/null.
 pub fn restrict(visible: &[PathBuf]) -> Result<Enforced, SandboxError> {
     let e = |what: &str, err: landlock::RulesetError| {
         SandboxError::Setup(format!("landlock {what}: {err}"))
@@ -60,15 +56,15 @@ pub fn restrict(visible: &[PathBuf]) -> Result<Enforced, SandboxError> {
         .add_rules(path_beneath_rules(visible, all))
         .map_err(|x| e("visible trees", x))?
         .add_rules(path_beneath_rules(
-            READ_ONLY,
+            ALWAYS.iter().filter(|p| **p != WRITABLE),
             AccessFs::from_read(ABI_WANTED),
         ))
         .map_err(|x| e("read-only files", x))?
         .add_rules(path_beneath_rules(
-            ["/dev/null"],
+            [WRITABLE],
             AccessFs::ReadFile | AccessFs::WriteFile,
         ))
-        .map_err(|x| e("/dev/null", x))?
+        .map_err(|x| e(WRITABLE, x))?
         .restrict_self()
         .map_err(|x| e("restrict_self", x))?;
     Ok(match status.ruleset {

@@ -20,8 +20,9 @@ use super::SandboxError;
 /// namespace only).
 const ROOT_DIR: &str = "/run/rafs-virtiofsd-sandbox";
 
-/// Files and trees visible in every sandbox.
-const ALWAYS: &[&str] = &[
+/// Files and trees visible in every sandbox (Landlock lets them be read; /dev/null also
+/// written).
+pub(super) const ALWAYS: &[&str] = &[
     "/proc",
     "/dev/null",
     "/dev/urandom",
