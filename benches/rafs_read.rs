@@ -11,6 +11,8 @@
 //! Run: `cargo bench --bench rafs_read` (see docs/performance.md for the knobs). Under
 //! `cargo test` (no `--bench` argument) it only says what it is.
 
+#[path = "../tests/common/procstat.rs"]
+mod procstat;
 #[path = "../tests/common/vu_driver.rs"]
 mod vu_driver;
 
@@ -24,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use procstat::{cpu_seconds, rss_anon_kib};
 use vu_driver::*;
 
 const MIB: u64 = 1 << 20;
@@ -192,34 +195,6 @@ fn rafs_config(img: &Image, work_dir: &Path, out: &Path) {
         "fs_prefetch": {"enable": false},
     });
     std::fs::write(out, cfg.to_string()).unwrap();
-}
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// utime + stime of `pid` (all its threads) in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let after = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    // Fields 14 and 15 of stat(5); `after` starts at field 3.
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / clk_tck()
-}
-
-fn rss_anon_kib(pid: u32) -> u64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return 0;
-    };
-    s.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn fd_count(pid: u32) -> usize {

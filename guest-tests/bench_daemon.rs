@@ -7,6 +7,8 @@
 //! Under `cargo test` (no `--bench` argument) it does nothing.
 
 mod harness;
+#[path = "../tests/common/procstat.rs"]
+mod procstat;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use harness::*;
+use procstat::{cpu_seconds, rss_anon_kib};
 
 /// Each phase starts with `rv_sync PHASE`, where the host reads the daemon's CPU time.
 const WORKLOAD: &str = r#"
@@ -45,32 +48,6 @@ const PHASES: [(&str, u64); 6] = [
     ("write", 0),
     ("create-unlink", 0),
 ];
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// utime + stime of `pid` in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    // Fields 14 and 15 of stat(5); `after` starts at field 3.
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / clk_tck()
-}
-
-fn rss_anon_kib(pid: u32) -> u64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return 0;
-    };
-    s.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 struct Killed(Child);
 impl Drop for Killed {
