@@ -637,63 +637,90 @@ impl Inner {
         challenge: &str,
     ) -> std::result::Result<(), Failure> {
         let fatal = |m: String| Failure::Fatal(StorageError::Backend(m));
-        let (scheme, params) = parse_challenge(challenge).ok_or_else(|| {
-            fatal(format!(
-                "unauthorized, and no usable challenge ({challenge:?})"
-            ))
-        })?;
-        let header = if scheme.eq_ignore_ascii_case("basic") {
-            let auth =
-                self.opts.auth.as_ref().ok_or_else(|| {
-                    fatal("registry wants Basic auth; no `auth` configured".into())
-                })?;
-            format!("Basic {auth}")
-        } else if scheme.eq_ignore_ascii_case("bearer") {
-            let realm = params
-                .get("realm")
-                .ok_or_else(|| fatal("Bearer challenge without realm".into()))?;
-            let mut url =
-                Url::parse(realm).map_err(|e| fatal(format!("Bearer realm {realm:?}: {e}")))?;
-            {
-                let mut q = url.query_pairs_mut();
-                if let Some(s) = params.get("service") {
-                    q.append_pair("service", s);
+        let default_scope = format!("repository:{}:pull", self.opts.repo);
+        let header =
+            match plan_auth(challenge, self.opts.auth.as_deref(), &default_scope).map_err(fatal)? {
+                AuthPlan::Header(h) => h,
+                AuthPlan::Token { url, basic } => {
+                    let mut req = client.get(url);
+                    if let Some(b) = basic {
+                        req = req.header(AUTHORIZATION, b);
+                    }
+                    let resp = req
+                        .send()
+                        .await
+                        .map_err(|e| Failure::Transient(format!("token request: {e}")))?;
+                    if !resp.status().is_success() {
+                        return Err(fatal(format!("token service answered {}", resp.status())));
+                    }
+                    let body = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| Failure::Transient(format!("token response: {e}")))?;
+                    bearer_from_token_response(&body).map_err(fatal)?
                 }
-                let scope = params
-                    .get("scope")
-                    .cloned()
-                    .unwrap_or_else(|| format!("repository:{}:pull", self.opts.repo));
-                q.append_pair("scope", &scope);
-            }
-            let mut req = client.get(url);
-            if let Some(auth) = &self.opts.auth {
-                req = req.header(AUTHORIZATION, format!("Basic {auth}"));
-            }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| Failure::Transient(format!("token request: {e}")))?;
-            if !resp.status().is_success() {
-                return Err(fatal(format!("token service answered {}", resp.status())));
-            }
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| Failure::Transient(format!("token response: {e}")))?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| fatal(format!("token response: {e}")))?;
-            let token = v
-                .get("token")
-                .or_else(|| v.get("access_token"))
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| fatal("token response has no token".into()))?;
-            format!("Bearer {token}")
-        } else {
-            return Err(fatal(format!("unsupported auth scheme {scheme:?}")));
-        };
+            };
         *self.auth_header.lock().unwrap() = Some(header);
         Ok(())
     }
+}
+
+/// How to answer a registry's `WWW-Authenticate` challenge (shared by the blob backend and
+/// `rafs-image convert`'s client).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthPlan {
+    /// Send this `Authorization` value (Basic).
+    Header(String),
+    /// Ask the token service at `url` (with `basic` as its `Authorization` when set), then
+    /// send `Bearer <token>`; see [`bearer_from_token_response`].
+    Token { url: Url, basic: Option<String> },
+}
+
+/// Plan the answer to `challenge` with `auth` (base64 `user:pass`, if any). A Bearer
+/// challenge without a scope gets `default_scope` (e.g. `repository:NAME:pull`).
+pub fn plan_auth(
+    challenge: &str,
+    auth: Option<&str>,
+    default_scope: &str,
+) -> std::result::Result<AuthPlan, String> {
+    let (scheme, params) = parse_challenge(challenge)
+        .ok_or_else(|| format!("unauthorized, and no usable challenge ({challenge:?})"))?;
+    if scheme.eq_ignore_ascii_case("basic") {
+        let auth = auth.ok_or("registry wants Basic auth; no `auth` configured")?;
+        Ok(AuthPlan::Header(format!("Basic {auth}")))
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        let realm = params
+            .get("realm")
+            .ok_or("Bearer challenge without realm")?;
+        let mut url = Url::parse(realm).map_err(|e| format!("Bearer realm {realm:?}: {e}"))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = params.get("service") {
+                q.append_pair("service", s);
+            }
+            let scope = params.get("scope").map_or(default_scope, |s| s.as_str());
+            q.append_pair("scope", scope);
+        }
+        Ok(AuthPlan::Token {
+            url,
+            basic: auth.map(|a| format!("Basic {a}")),
+        })
+    } else {
+        Err(format!("unsupported auth scheme {scheme:?}"))
+    }
+}
+
+/// The `Authorization` value from a token service's JSON answer (`token` or
+/// `access_token`).
+pub fn bearer_from_token_response(body: &[u8]) -> std::result::Result<String, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("token response: {e}"))?;
+    let token = v
+        .get("token")
+        .or_else(|| v.get("access_token"))
+        .and_then(|t| t.as_str())
+        .ok_or("token response has no token")?;
+    Ok(format!("Bearer {token}"))
 }
 
 /// Parse `Bearer realm="...",service="...",scope="..."` (or `Basic realm="..."`).
