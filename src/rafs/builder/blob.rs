@@ -290,6 +290,9 @@ pub(super) fn finish_build(
         blobs: Vec::new(),
         bootstrap: opts.bootstrap.clone(),
         bootstrap_size: 0,
+        toc_digest: None,
+        toc_size: 0,
+        implicit_dirs: Vec::new(),
     };
     let bootstrap: Vec<u8>;
     if inline {
@@ -327,8 +330,11 @@ pub(super) fn finish_build(
             for (i, e) in toc.iter().enumerate() {
                 e.write_to(&mut t[i * TocEntry::SIZE..]);
             }
+            let h = tar_header(layout::TOC_NAME, t.len() as u64);
+            out.toc_digest = Some(hex::encode(sha256(&[t.as_slice(), h.as_slice()].concat())));
+            out.toc_size = (t.len() + h.len()) as u32;
             blob.write(&t)?;
-            blob.write(&tar_header(layout::TOC_NAME, t.len() as u64))?;
+            blob.write(&h)?;
         }
         let (tmp, id, size) = blob.finish()?;
         let path = place_blob(opts, &tmp, &id)?;

@@ -120,6 +120,10 @@ pub struct MergeOptions {
     pub blob_toc_sizes: Option<Vec<u32>>,
     pub chunk_dict: Option<PathBuf>,
     pub prefetch_patterns: Vec<Vec<u8>>,
+    /// Per layer (or empty): paths (`/a/b`, `/` for the root) of directories the layer's
+    /// tar did not describe ([`super::BuildOutput::implicit_dirs`]); they keep the lower
+    /// layer's attributes, as extracting the tar over the lower tree would.
+    pub implicit_dirs: Vec<Vec<Vec<u8>>>,
 }
 
 impl MergeOptions {
@@ -133,6 +137,7 @@ impl MergeOptions {
             blob_toc_sizes: None,
             chunk_dict: None,
             prefetch_patterns: Vec::new(),
+            implicit_dirs: Vec::new(),
         }
     }
 }
@@ -312,6 +317,13 @@ pub fn merge(o: &MergeOptions) -> Result<MergeOutput, BuildError> {
                 c.blob_index = remap[&c.blob_index];
             }
         }
+        if let Some(paths) = o.implicit_dirs.get(li) {
+            for p in paths {
+                if let Some(n) = lt.lookup_path(p).filter(|&n| lt.nodes[n].is_dir()) {
+                    lt.nodes[n].implicit = true;
+                }
+            }
+        }
         apply_layer(&mut merged, &lt, super::WhiteoutSpec::Oci);
     }
     merged.fix_hardlinks();
@@ -430,8 +442,10 @@ fn is_opaque_marker(n: &Node, spec: WhiteoutSpec) -> bool {
 /// Apply one layer tree on top of `merged`, interpreting whiteouts per `spec` (OCI
 /// `.wh.NAME` / `.wh..wh..opq`, or overlayfs char 0:0 / `trusted.overlay.opaque=y`).
 pub fn apply_layer(merged: &mut Tree, layer: &Tree, spec: WhiteoutSpec) {
-    // Root attributes come from the upper layer.
-    copy_attrs(&mut merged.nodes[0], &layer.nodes[0]);
+    // Root attributes come from the upper layer, unless its tar did not describe the root.
+    if !layer.nodes[0].implicit {
+        copy_attrs(&mut merged.nodes[0], &layer.nodes[0]);
+    }
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     map.insert(0, 0);
     let mut links: Vec<(NodeId, NodeId)> = Vec::new();
@@ -476,7 +490,9 @@ pub fn apply_layer(merged: &mut Tree, layer: &Tree, spec: WhiteoutSpec) {
             let existing = merged.child(md, &ln.name);
             let id = match existing {
                 Some(e) if ln.is_dir() && merged.nodes[e].is_dir() => {
-                    copy_attrs(&mut merged.nodes[e], ln);
+                    if !ln.implicit {
+                        copy_attrs(&mut merged.nodes[e], ln);
+                    }
                     e
                 }
                 other => {

@@ -144,6 +144,13 @@ pub struct BuildOutput {
     pub blobs: Vec<String>,
     pub bootstrap: Option<PathBuf>,
     pub bootstrap_size: u64,
+    /// Hex SHA-256 of the new blob's ToC (entries and their tar header), with `blob_toc`.
+    pub toc_digest: Option<String>,
+    /// Bytes of that ToC (entries and tar header); 0 without one.
+    pub toc_size: u32,
+    /// Directories (`/a/b`; `/` for the root) that a tar source did not describe: see
+    /// [`merge::MergeOptions::implicit_dirs`].
+    pub implicit_dirs: Vec<Vec<u8>>,
 }
 
 /// Parse a chunk size given as hex (`0x...`) or decimal; must be a power of two in
@@ -184,6 +191,20 @@ pub fn super_flags(c: Compressor, d: Digester, has_xattr: bool, inlined_digest: 
 
 /// Build an image from `opts.source`.
 pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
+    create_inner(opts, None)
+}
+
+/// Build an image from an uncompressed tar stream (a layer streamed from a registry:
+/// `opts.source` and `opts.source_type` are ignored). The stream is read once, in order,
+/// and never buffered whole.
+pub fn create_from_tar(opts: &BuildOptions, tar: &mut dyn Read) -> Result<BuildOutput, BuildError> {
+    create_inner(opts, Some(tar))
+}
+
+fn create_inner(
+    opts: &BuildOptions,
+    tar: Option<&mut dyn Read>,
+) -> Result<BuildOutput, BuildError> {
     if opts.version == RafsVersion::V5 && opts.blob_toc {
         return Err(BuildError::Invalid(
             "--features blob-toc is not supported with --fs-version 5".into(),
@@ -251,8 +272,15 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     };
 
     // Source tree; tar sources are chunked while they are parsed.
-    let mut tree = match opts.source_type {
-        SourceType::Dir => {
+    let mut tree = match (opts.source_type, tar) {
+        (_, Some(r)) => {
+            let mut t = tarball::read_tar(r, &mut chunker)?;
+            if parent.is_none() {
+                apply_whiteout_spec_single(&mut t, opts.whiteout_spec);
+            }
+            t
+        }
+        (SourceType::Dir, None) => {
             let mut t = Tree::from_dir(&opts.source)?;
             if parent.is_none() {
                 apply_whiteout_spec_single(&mut t, opts.whiteout_spec);
@@ -275,7 +303,7 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
             }
             t
         }
-        SourceType::Tar | SourceType::TarGz => {
+        (SourceType::Tar | SourceType::TarGz, None) => {
             let f =
                 std::fs::File::open(&opts.source).map_err(|e| BuildError::io(&opts.source, e))?;
             let r = std::io::BufReader::with_capacity(1 << 20, f);
@@ -337,12 +365,18 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
         tree = base;
     }
 
+    let implicit_dirs: Vec<Vec<u8>> = tree
+        .preorder()
+        .into_iter()
+        .filter(|&n| tree.nodes[n].implicit && tree.nodes[n].is_dir())
+        .map(|n| tree.path_of(n))
+        .collect();
     let prefetch = prefetch_nodes(&tree, &opts.prefetch_patterns)?;
     let has_xattr = tree
         .preorder()
         .iter()
         .any(|&n| !tree.nodes[n].xattrs.is_empty());
-    blob::finish_build(
+    let mut out = blob::finish_build(
         opts,
         tree,
         table,
@@ -351,7 +385,9 @@ pub fn create(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
         out.uncompressed_size,
         &prefetch,
         has_xattr,
-    )
+    )?;
+    out.implicit_dirs = implicit_dirs;
+    Ok(out)
 }
 
 /// For a single-layer build: drop whiteout entries (nothing below them to hide), unless the

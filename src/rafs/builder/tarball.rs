@@ -280,12 +280,18 @@ fn ensure_dir(tree: &mut Tree, comps: &[Vec<u8>]) -> Result<NodeId, BuildError> 
             Some(n) if tree.nodes[n].is_dir() => n,
             Some(n) => {
                 tree.detach(n);
-                tree.add(Node::new(c.clone(), cur, libc::S_IFDIR | 0o755))
+                implicit_dir(tree, c, cur)
             }
-            None => tree.add(Node::new(c.clone(), cur, libc::S_IFDIR | 0o755)),
+            None => implicit_dir(tree, c, cur),
         };
     }
     Ok(cur)
+}
+
+fn implicit_dir(tree: &mut Tree, name: &[u8], parent: NodeId) -> NodeId {
+    let mut n = Node::new(name.to_vec(), parent, libc::S_IFDIR | 0o755);
+    n.implicit = true;
+    tree.add(n)
 }
 
 fn makedev(major: u64, minor: u64) -> u32 {
@@ -295,6 +301,7 @@ fn makedev(major: u64, minor: u64) -> u32 {
 /// Read a tar stream into a tree, chunking file data into `chunker` as it goes.
 pub fn read_tar(r: &mut dyn Read, chunker: &mut Chunker) -> Result<Tree, BuildError> {
     let mut tree = Tree::new();
+    tree.nodes[0].implicit = true;
     let mut hdr = [0u8; BLOCK];
     let mut pax = Pax::default();
     let mut global = Pax::default();
@@ -451,6 +458,7 @@ pub fn read_tar(r: &mut dyn Read, chunker: &mut Chunker) -> Result<Tree, BuildEr
                 root.mtime = mtime;
                 root.mtime_nsec = mtime_nsec;
                 root.xattrs = p.xattrs.clone();
+                root.implicit = false;
             }
             skip(r, size + pad(size))?;
             continue;
@@ -521,6 +529,7 @@ pub fn read_tar(r: &mut dyn Read, chunker: &mut Chunker) -> Result<Tree, BuildEr
                 n.mtime = mtime;
                 n.mtime_nsec = mtime_nsec;
                 n.xattrs = node.xattrs;
+                n.implicit = false;
                 skip(r, size + pad(size))?;
                 continue;
             }

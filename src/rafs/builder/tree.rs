@@ -55,6 +55,10 @@ pub struct Node {
     pub chunks: Vec<ChunkInfo>,
     /// Removed by a whiteout (merge); skipped by writers.
     pub deleted: bool,
+    /// A directory no source entry described (a tar parent made on the way, or a tar's
+    /// root without a `./` entry): its attributes are defaults, and a merge keeps the
+    /// lower layer's.
+    pub implicit: bool,
 }
 
 impl Node {
@@ -77,6 +81,7 @@ impl Node {
             source: DataSource::None,
             chunks: Vec::new(),
             deleted: false,
+            implicit: false,
         }
     }
     pub fn is_dir(&self) -> bool {
