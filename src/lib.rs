@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod config;
+pub mod convert;
 pub mod daemon;
 pub mod fs;
 pub mod fusedev;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use rafs_virtiofsd::convert;
 use rafs_virtiofsd::rafs::builder::{
     self, merge, parse_chunk_size, tools, BuildOptions, SourceType, WhiteoutSpec,
 };
@@ -32,6 +33,13 @@ enum Cmd {
     /// Merge per-layer bootstraps into one, applying OCI whiteouts in layer order.
     #[command(after_help = "Long options are nydus-image's; the short forms -M -P are extras.")]
     Merge(MergeArgs),
+    /// Convert an OCI image to a Nydus image, registry to registry (or OCI layout / docker save tar).
+    #[command(
+        after_help = "SRC and DST: host[:port]/name:tag (or @sha256:...), oci:DIR[:tag], or (SRC only) docker-archive:FILE.\n\
+                      Credentials: --*-creds, else $DOCKER_CONFIG/config.json or ~/.docker/config.json.\n\
+                      nydusify equivalent: nydusify convert --source SRC --target DST."
+    )]
+    Convert(ConvertArgs),
     /// Print a summary of a bootstrap.
     Inspect {
         /// Bootstrap (RAFS metadata) file to inspect
@@ -40,10 +48,19 @@ enum Cmd {
         #[arg(long = "output-json", num_args = 0..=1, default_missing_value = "-")]
         output_json: Option<String>,
     },
-    /// Validate a bootstrap (and with --blob-dir every chunk's data).
+    /// Validate a bootstrap (and with --blob-dir every chunk's data), or with --source and
+    /// --target compare an OCI image with its Nydus conversion.
     Check {
-        /// Bootstrap (RAFS metadata) file to check (or give --bootstrap)
+        /// Bootstrap (RAFS metadata) file to check (or give --bootstrap, or --source/--target)
         bootstrap: Option<PathBuf>,
+        /// OCI image to compare (with --target): a registry reference, oci:DIR[:tag] or docker-archive:FILE; default: none (check a bootstrap)
+        #[arg(long, requires = "target")]
+        source: Option<String>,
+        /// Nydus image to compare with --source: a registry reference or oci:DIR[:tag]; default: none
+        #[arg(long, requires = "source")]
+        target: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
         /// Bootstrap file, instead of the positional BOOTSTRAP; one of the two is required
         #[arg(short = 'B', long = "bootstrap")]
         bootstrap_flag: Option<PathBuf>,
@@ -59,8 +76,13 @@ enum Cmd {
     },
     /// Write the image's tree to a tar file.
     Unpack {
-        /// Bootstrap (RAFS metadata) file to unpack (or give --bootstrap)
+        /// Bootstrap (RAFS metadata) file to unpack (or give --bootstrap, or --source)
         bootstrap: Option<PathBuf>,
+        /// A Nydus image (registry reference or oci:DIR[:tag]) to fetch and unpack, instead of a bootstrap; default: none
+        #[arg(long)]
+        source: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
         /// Bootstrap file, instead of the positional BOOTSTRAP; one of the two is required
         #[arg(short = 'B', long = "bootstrap")]
         bootstrap_flag: Option<PathBuf>,
@@ -131,6 +153,123 @@ struct CreateArgs {
     /// Accepted for nydus-image compatibility and ignored: v6 chunks are always 4 KiB aligned; default: off
     #[arg(short = 'A', long = "aligned-chunk")]
     aligned_chunk: bool,
+}
+
+#[derive(clap::Args)]
+struct AccessArgs {
+    /// Reach a registry --source over plain http; default: https
+    #[arg(long = "source-insecure")]
+    source_insecure: bool,
+    /// Reach a registry --target over plain http; default: https
+    #[arg(long = "target-insecure")]
+    target_insecure: bool,
+    /// user:password for the source registry; default: the docker config's entry
+    #[arg(long = "source-creds")]
+    source_creds: Option<String>,
+    /// user:password for the target registry; default: the docker config's entry
+    #[arg(long = "target-creds")]
+    target_creds: Option<String>,
+    /// Platforms os/arch[/variant], comma-separated; default: every platform of an index
+    #[arg(long)]
+    platform: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// OCI image to convert: host[:port]/name:tag, oci:DIR[:tag] or docker-archive:FILE; required
+    #[arg(long)]
+    source: String,
+    /// Where the Nydus image goes: host[:port]/name:tag or oci:DIR[:tag]; required
+    #[arg(long)]
+    target: String,
+    #[command(flatten)]
+    access: AccessArgs,
+    /// RAFS format version: 5 or 6
+    #[arg(long = "fs-version", default_value = "6")]
+    fs_version: String,
+    /// Chunk compression: none, lz4_block, zstd or gzip
+    #[arg(long, default_value = "zstd")]
+    compressor: String,
+    /// Chunk size: a power of two from 0x1000 to 0x1000000
+    #[arg(long = "chunk-size", default_value = "0x100000")]
+    chunk_size: String,
+    /// Chunk dictionary: bootstrap=PATH (its blobs must be in the target repository) or a Nydus image reference (its blobs are copied when missing); default: none
+    #[arg(long = "chunk-dict")]
+    chunk_dict: Option<String>,
+    /// Keep the OCI manifests and add the Nydus ones in one index (as nydusify); default: off
+    #[arg(long = "merge-platform")]
+    merge_platform: bool,
+    /// Layers built and blobs pushed at a time
+    #[arg(long, default_value = "4")]
+    threads: usize,
+    /// Keep per-layer builds here and reuse them on a re-run; default: a temporary directory
+    #[arg(long = "work-dir")]
+    work_dir: Option<PathBuf>,
+    /// Bytes per upload PATCH
+    #[arg(long = "upload-chunk-size", default_value = "8388608")]
+    upload_chunk_size: usize,
+    /// Retries of a failed request or upload chunk
+    #[arg(long, default_value = "3")]
+    retries: u32,
+    /// Write a JSON report (manifests, layers, blobs pushed and skipped) to FILE, or stdout with - or no value; default: none
+    #[arg(long = "output-json", num_args = 0..=1, default_missing_value = "-")]
+    output_json: Option<String>,
+}
+
+fn platforms(a: &AccessArgs) -> Vec<String> {
+    a.platform
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+fn image_ref(s: &str) -> Result<convert::reference::ImageRef, String> {
+    convert::reference::ImageRef::parse(s).map_err(|e| e.to_string())
+}
+
+fn run_convert(a: ConvertArgs) -> Result<(), String> {
+    let mut o = convert::ConvertOptions::new(image_ref(&a.source)?, image_ref(&a.target)?);
+    o.source_insecure = a.access.source_insecure;
+    o.target_insecure = a.access.target_insecure;
+    o.source_creds = a.access.source_creds.clone();
+    o.target_creds = a.access.target_creds.clone();
+    o.platforms = platforms(&a.access);
+    o.version = match a.fs_version.as_str() {
+        "5" => RafsVersion::V5,
+        "6" => RafsVersion::V6,
+        v => return Err(format!("unsupported fs version {v:?}")),
+    };
+    o.compressor = parse_compressor(&a.compressor)?;
+    o.chunk_size = parse_chunk_size(&a.chunk_size).map_err(|e| e.to_string())?;
+    o.chunk_dict = match a.chunk_dict.as_deref() {
+        None => None,
+        Some(d) => match d.strip_prefix("bootstrap=") {
+            Some(p) => Some(convert::ChunkDict::Bootstrap(PathBuf::from(p))),
+            None => Some(convert::ChunkDict::Image(image_ref(d)?)),
+        },
+    };
+    o.merge_platform = a.merge_platform;
+    o.threads = a.threads.max(1);
+    o.work_dir = a.work_dir;
+    o.upload_chunk_size = a.upload_chunk_size.max(4096);
+    o.retries = a.retries;
+    let r = convert::convert(&o).map_err(|e| format!("convert failed: {e}"))?;
+    eprintln!(
+        "converted {} to {}: {} manifest(s), {} blob(s) pushed ({} bytes), {} already there, {:.1} s",
+        r.source,
+        r.target,
+        r.manifests.len(),
+        r.blobs_pushed,
+        r.bytes_pushed,
+        r.blobs_skipped,
+        r.seconds
+    );
+    if let Some(dest) = a.output_json {
+        write_json(&dest, &serde_json::to_value(&r).map_err(|e| e.to_string())?)?;
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -322,12 +461,54 @@ fn run() -> Result<(), String> {
                 }
             }
         }
+        Cmd::Convert(a) => run_convert(a),
+        Cmd::Check {
+            source: Some(source),
+            target: Some(target),
+            access,
+            output_json,
+            ..
+        } => {
+            let o = convert::check::CheckOptions {
+                source: image_ref(&source)?,
+                target: image_ref(&target)?,
+                source_insecure: access.source_insecure,
+                target_insecure: access.target_insecure,
+                source_creds: access.source_creds.clone(),
+                target_creds: access.target_creds.clone(),
+                platforms: platforms(&access),
+            };
+            let r = convert::check::check(&o).map_err(|e| format!("check failed: {e}"))?;
+            for p in &r.platforms {
+                let name = p.platform.as_deref().unwrap_or("image");
+                if p.differences.is_empty() {
+                    println!("{name}: {} entries equal", p.entries);
+                } else {
+                    println!("{name}: {} differences", p.differences.len());
+                    for d in p.differences.iter().take(20) {
+                        println!("  {d}");
+                    }
+                }
+            }
+            if let Some(j) = output_json {
+                write_json(
+                    &j.display().to_string(),
+                    &serde_json::to_value(&r).map_err(|e| e.to_string())?,
+                )?;
+            }
+            if r.ok() {
+                Ok(())
+            } else {
+                Err("check failed: the nydus image differs from the OCI image".into())
+            }
+        }
         Cmd::Check {
             bootstrap,
             bootstrap_flag,
             blob_dir,
             blob,
             output_json,
+            ..
         } => {
             let b = bootstrap
                 .or(bootstrap_flag)
@@ -341,11 +522,36 @@ fn run() -> Result<(), String> {
             Ok(())
         }
         Cmd::Unpack {
+            source: Some(source),
+            access,
+            output,
+            ..
+        } => {
+            use convert::store;
+            let r = image_ref(&source)?;
+            let src =
+                store::open_source(&r, access.source_insecure, access.source_creds.as_deref())
+                    .map_err(|e| e.to_string())?;
+            let (ms, _) = convert::resolve_manifests(src.as_ref(), &platforms(&access), true)
+                .map_err(|e| e.to_string())?;
+            if ms.len() > 1 {
+                return Err(format!(
+                    "{source} has {} platforms; pick one with --platform",
+                    ms.len()
+                ));
+            }
+            let tmp = convert::TempDir::new("rafs-unpack").map_err(|e| e.to_string())?;
+            let boot = convert::check::fetch_nydus_image(src.as_ref(), &ms[0].2, &tmp.0)
+                .map_err(|e| e.to_string())?;
+            tools::unpack(&boot, Some(&tmp.0), None, &output).map_err(|e| e.to_string())
+        }
+        Cmd::Unpack {
             bootstrap,
             bootstrap_flag,
             blob_dir,
             blob,
             output,
+            ..
         } => {
             let b = bootstrap
                 .or(bootstrap_flag)

@@ -1,0 +1,774 @@
+//! `rafs-image convert` and `check` against a real Debian docker-registry on 127.0.0.1:
+//! source images pushed by skopeo (an independent client), converted registry to
+//! registry, with and without Basic auth, multi-layer with whiteouts and opaque dirs,
+//! multi-platform, idempotent re-runs, an interrupted push completed by a re-run, a chunk
+//! dictionary, `check` on good and tampered conversions, and the other sources and
+//! targets (OCI layout, docker save tar). With NYDUSD set, upstream nydusd serves a
+//! converted image from the registry.
+
+#[path = "common/ociimg.rs"]
+mod ociimg;
+#[path = "common/registry.rs"]
+mod registry;
+#[path = "common/skip.rs"]
+mod skip;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use ociimg::*;
+use rafs_virtiofsd::convert::client::RegistryClient;
+use rafs_virtiofsd::convert::{self, check, is_nydus_manifest};
+use registry::Registry;
+
+fn rafs_image(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rafs-image"))
+        .args(args)
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    let s = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "failed: {s}");
+    s
+}
+
+/// Push an OCI layout to the registry with skopeo.
+fn skopeo_push(layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
+    let mut c = Command::new("skopeo");
+    c.args([
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+    ]);
+    if let Some(cr) = creds {
+        c.args(["--dest-creds", cr]);
+    }
+    let o = c
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("skopeo is needed; hack/setup.sh installs it");
+    assert!(
+        o.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+fn client(reg: &Registry, repo: &str) -> RegistryClient {
+    let creds = reg.basic.as_ref().map(|(u, p)| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+    });
+    RegistryClient::new(&reg.host(), repo, true, creds).unwrap()
+}
+
+fn manifest_of(reg: &Registry, repo: &str, r: &str) -> Option<serde_json::Value> {
+    client(reg, repo)
+        .get_manifest(r)
+        .unwrap()
+        .map(|(b, _)| serde_json::from_slice(&b).unwrap())
+}
+
+fn count_log(reg: &Registry, needle: &str) -> usize {
+    std::fs::read_to_string(&reg.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// The nydusify shape of a converted manifest (RAFS-FORMAT.md §1.3).
+fn assert_nydus_shape(reg: &Registry, repo: &str, m: &serde_json::Value) {
+    let pm: oci_spec::image::ImageManifest = serde_json::from_value(m.clone()).unwrap();
+    assert!(is_nydus_manifest(&pm), "not detected as nydus: {m}");
+    let layers = m["layers"].as_array().unwrap();
+    let boot = layers.last().unwrap();
+    assert_eq!(
+        boot["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    assert_eq!(
+        boot["annotations"]["containerd.io/snapshot/nydus-bootstrap"],
+        "true"
+    );
+    assert_eq!(
+        boot["annotations"]["containerd.io/snapshot/nydus-fs-version"],
+        "6"
+    );
+    for l in &layers[..layers.len() - 1] {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.nydus.blob.v1"
+        );
+        assert_eq!(
+            l["annotations"]["containerd.io/snapshot/nydus-blob"],
+            "true"
+        );
+        let d = l["digest"].as_str().unwrap();
+        assert_eq!(
+            client(reg, repo).head_blob(d).unwrap(),
+            Some(l["size"].as_u64().unwrap()),
+            "blob {d} is in the repository with its size"
+        );
+    }
+    // Config: copied, with diff ids = blob digests + the bootstrap tar's.
+    let cd = m["config"]["digest"].as_str().unwrap();
+    let mut cfg = Vec::new();
+    client(reg, repo)
+        .get_blob(cd)
+        .unwrap()
+        .read_to_end(&mut cfg)
+        .unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
+    assert_eq!(cfg["config"]["Cmd"][0], "/bin/sh", "config copied");
+    let ids = cfg["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), layers.len());
+    for (i, l) in layers[..layers.len() - 1].iter().enumerate() {
+        assert_eq!(ids[i], l["digest"]);
+    }
+}
+
+#[test]
+fn registry_to_registry_with_whiteouts_rerun_check_and_unpack() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("src");
+    write_layout(&lay, "v1", &[("amd64", sample_layers(1))]);
+    let h = reg.host();
+    skopeo_push(&lay, "v1", &format!("{h}/app:v1"), None);
+    let src = format!("{h}/app:v1");
+    let dst = format!("{h}/app:v1-nydus");
+    let args = [
+        "convert",
+        "--source",
+        &src,
+        "--target",
+        &dst,
+        "--source-insecure",
+        "--target-insecure",
+        "--output-json",
+    ];
+    let o = rafs_image(&args);
+    let r = json_of(&o);
+    assert!(o.status.success());
+    assert_eq!(r["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(r["manifests"][0]["layers"].as_array().unwrap().len(), 3);
+    // 3 layer blobs + bootstrap layer + config.
+    assert_eq!(r["blobs_pushed"], 5, "{r}");
+    let m = manifest_of(&reg, "app", "v1-nydus").expect("target manifest");
+    assert_nydus_shape(&reg, "app", &m);
+
+    // The converted tree equals the OCI tree.
+    let c = ok(&rafs_image(&[
+        "check",
+        "--source",
+        &src,
+        "--target",
+        &dst,
+        "--source-insecure",
+        "--target-insecure",
+    ]));
+    assert!(c.contains("entries equal"), "{c}");
+
+    // A re-run uploads nothing.
+    let uploads = count_log(&reg, "POST /v2/app/blobs/uploads/");
+    let o = rafs_image(&args);
+    let r2 = json_of(&o);
+    assert_eq!(r2["blobs_pushed"], 0, "{r2}");
+    assert_eq!(r2["blobs_skipped"], 5, "{r2}");
+    assert_eq!(count_log(&reg, "POST /v2/app/blobs/uploads/"), uploads);
+    assert_eq!(r2["manifests"][0]["digest"], r["manifests"][0]["digest"]);
+
+    // unpack of the converted image gives the OCI tree.
+    let tarf = t.path().join("unpacked.tar");
+    ok(&rafs_image(&[
+        "unpack",
+        "--source",
+        &dst,
+        "--source-insecure",
+        "-o",
+        tarf.to_str().unwrap(),
+    ]));
+    let src_store = convert::store::open_source(
+        &convert::reference::ImageRef::parse(&src).unwrap(),
+        true,
+        None,
+    )
+    .unwrap();
+    let (ms, _) = convert::resolve_manifests(src_store.as_ref(), &[], false).unwrap();
+    let oci = check::oci_tree(src_store.as_ref(), &ms[0].2)
+        .unwrap()
+        .lines();
+    let mut un = check::OciTree::default();
+    un.apply_layer(0, &mut std::fs::File::open(&tarf).unwrap())
+        .unwrap();
+    let un: std::collections::BTreeMap<Vec<u8>, String> =
+        un.lines().into_iter().map(|(k, (l, _))| (k, l)).collect();
+    let diffs = check::compare(&oci, &un);
+    assert!(diffs.is_empty(), "unpack differs: {diffs:#?}");
+
+    // check fails, naming what differs, against an image with other content.
+    let lay2 = t.path().join("src2");
+    let mut other = sample_layers(1);
+    other[2].0.push(E::File("var/extra", 0o644, b"x".to_vec()));
+    other[1]
+        .0
+        .retain(|e| !matches!(e, E::File(".wh.deleted", ..)));
+    write_layout(&lay2, "v1", &[("amd64", other)]);
+    let o = rafs_image(&[
+        "check",
+        "--source",
+        &format!("oci:{}:v1", lay2.display()),
+        "--target",
+        &dst,
+        "--target-insecure",
+    ]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("var/extra: missing in the nydus image"),
+        "{out}"
+    );
+    assert!(out.contains("deleted: missing in the nydus image"), "{out}");
+}
+
+#[test]
+fn basic_auth_from_flags_and_docker_config() {
+    let reg = Registry::start(Some(("alice", "s3cret")));
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("src");
+    write_layout(&lay, "v1", &[("amd64", sample_layers(2))]);
+    let h = reg.host();
+    skopeo_push(
+        &lay,
+        "v1",
+        &format!("{h}/priv/app:v1"),
+        Some("alice:s3cret"),
+    );
+    let src = format!("{h}/priv/app:v1");
+    // No credentials: a clear error, and no manifest.
+    let o = rafs_image(&[
+        "convert",
+        "--source",
+        &src,
+        "--target",
+        &format!("{h}/priv/app:n1"),
+        "--source-insecure",
+        "--target-insecure",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Basic auth") || err.contains("unauthorized"),
+        "{err}"
+    );
+    // Flags.
+    ok(&rafs_image(&[
+        "convert",
+        "--source",
+        &src,
+        "--target",
+        &format!("{h}/priv/app:n1"),
+        "--source-insecure",
+        "--target-insecure",
+        "--source-creds",
+        "alice:s3cret",
+        "--target-creds",
+        "alice:s3cret",
+    ]));
+    // Docker config.
+    let dc = t.path().join("docker");
+    std::fs::create_dir_all(&dc).unwrap();
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+    std::fs::write(
+        dc.join("config.json"),
+        serde_json::json!({"auths": {h.clone(): {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_rafs-image"))
+        .args(["convert", "--source", &src, "--target"])
+        .arg(format!("{h}/priv/app:n2"))
+        .args(["--source-insecure", "--target-insecure"])
+        .env("DOCKER_CONFIG", &dc)
+        .output()
+        .unwrap();
+    ok(&o);
+    let m = manifest_of(&reg, "priv/app", "n2").unwrap();
+    assert_nydus_shape(&reg, "priv/app", &m);
+    let o = Command::new(env!("CARGO_BIN_EXE_rafs-image"))
+        .args(["check", "--source", &src, "--target"])
+        .arg(format!("{h}/priv/app:n2"))
+        .args(["--source-insecure", "--target-insecure"])
+        .env("DOCKER_CONFIG", &dc)
+        .output()
+        .unwrap();
+    ok(&o);
+}
+
+#[test]
+fn multi_platform_index_all_one_and_merged() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("src");
+    write_layout(
+        &lay,
+        "multi",
+        &[("amd64", sample_layers(3)), ("arm64", sample_layers(4))],
+    );
+    let h = reg.host();
+    skopeo_push(&lay, "multi", &format!("{h}/mp:multi"), None);
+    let src = format!("{h}/mp:multi");
+    let conv = |tag: &str, extra: &[&str]| {
+        let d = format!("{h}/mp:{tag}");
+        let mut a = vec![
+            "convert",
+            "--source",
+            &src,
+            "--target",
+            &d,
+            "--source-insecure",
+            "--target-insecure",
+        ];
+        a.extend_from_slice(extra);
+        ok(&rafs_image(&a));
+        manifest_of(&reg, "mp", tag).unwrap()
+    };
+    // All platforms.
+    let idx = conv("all", &[]);
+    let ms = idx["manifests"].as_array().unwrap();
+    assert_eq!(ms.len(), 2, "{idx}");
+    assert_eq!(idx["annotations"]["org.example.test"], "index-annotation");
+    let mut archs: Vec<&str> = ms
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    archs.sort();
+    assert_eq!(archs, ["amd64", "arm64"]);
+    for m in ms {
+        let mm = manifest_of(&reg, "mp", m["digest"].as_str().unwrap()).unwrap();
+        assert_nydus_shape(&reg, "mp", &mm);
+    }
+    let c = ok(&rafs_image(&[
+        "check",
+        "--source",
+        &src,
+        "--target",
+        &format!("{h}/mp:all"),
+        "--source-insecure",
+        "--target-insecure",
+    ]));
+    assert_eq!(c.matches("entries equal").count(), 2, "{c}");
+    // One platform.
+    let one = conv("arm", &["--platform", "linux/arm64"]);
+    let ms = one["manifests"].as_array().unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0]["platform"]["architecture"], "arm64");
+    // OCI and nydus manifests side by side.
+    let merged = conv("merged", &["--merge-platform"]);
+    let ms = merged["manifests"].as_array().unwrap();
+    assert_eq!(ms.len(), 4, "{merged}");
+    let nydus: Vec<&serde_json::Value> = ms
+        .iter()
+        .filter(|m| m["artifactType"] == "application/vnd.nydus.image.manifest.v1+json")
+        .collect();
+    assert_eq!(nydus.len(), 2);
+    for m in &nydus {
+        assert_eq!(m["platform"]["os.features"][0], "nydus.remoteimage.v1");
+    }
+    let c = ok(&rafs_image(&[
+        "check",
+        "--source",
+        &format!("{h}/mp:merged"),
+        "--target",
+        &format!("{h}/mp:merged"),
+        "--source-insecure",
+        "--target-insecure",
+    ]));
+    assert_eq!(c.matches("entries equal").count(), 2, "{c}");
+}
+
+/// A TCP proxy in front of the registry that cuts every connection once `budget` bytes
+/// went from client to registry; with `down`, it then refuses everything.
+struct CuttingProxy {
+    port: u16,
+    budget: Arc<AtomicI64>,
+    down: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: u16, budget: i64, stay_down: bool) -> CuttingProxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let budget = Arc::new(AtomicI64::new(budget));
+        let down = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, d, s) = (budget.clone(), down.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(c) = c else { continue };
+                if d.load(Ordering::Relaxed) {
+                    drop(c);
+                    continue;
+                }
+                let up = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                let (c2, up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+                let (b, d) = (b.clone(), d.clone());
+                std::thread::spawn(move || {
+                    let mut c = c;
+                    let mut up = up;
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        let n = match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let left = b.fetch_sub(n as i64, Ordering::Relaxed) - n as i64;
+                        if left < 0 && left + n as i64 >= 0 {
+                            // This read crossed the budget: cut here.
+                            if stay_down {
+                                d.store(true, Ordering::Relaxed);
+                            }
+                            let _ = c.shutdown(std::net::Shutdown::Both);
+                            let _ = up.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                        if up.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    let mut up2 = up2;
+                    let mut c2 = c2;
+                    let _ = std::io::copy(&mut up2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CuttingProxy {
+            port,
+            budget,
+            down,
+            stop,
+        }
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = (&self.budget, &self.down);
+    }
+}
+
+#[test]
+fn interrupted_push_leaves_no_manifest_and_a_rerun_completes_it() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("src");
+    write_layout(&lay, "v1", &[("amd64", sample_layers(5))]);
+    let src = format!("oci:{}:v1", lay.display());
+    // The network dies for good after 1.5 MB went up: during the 3 MB layer's blob.
+    let p = CuttingProxy::start(reg.port, 1_500_000, true);
+    let via = format!("127.0.0.1:{}/cut:v1", p.port);
+    let o = rafs_image(&[
+        "convert",
+        "--source",
+        &src,
+        "--target",
+        &via,
+        "--target-insecure",
+        "--threads",
+        "1",
+        "--retries",
+        "1",
+        "--upload-chunk-size",
+        "262144",
+    ]);
+    assert!(!o.status.success(), "the push cannot finish");
+    assert!(
+        manifest_of(&reg, "cut", "v1").is_none(),
+        "no manifest after a failed push"
+    );
+    drop(p);
+    // A re-run straight to the registry completes it, reusing what arrived.
+    let dst = format!("{}/cut:v1", reg.host());
+    let r = json_of(&rafs_image(&[
+        "convert",
+        "--source",
+        &src,
+        "--target",
+        &dst,
+        "--target-insecure",
+        "--threads",
+        "1",
+        "--output-json",
+    ]));
+    assert!(r["blobs_skipped"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["blobs_pushed"].as_u64().unwrap() >= 1, "{r}");
+    ok(&rafs_image(&[
+        "check",
+        "--source",
+        &src,
+        "--target",
+        &dst,
+        "--target-insecure",
+    ]));
+
+    // One cut mid-blob, then the network is back: the upload resumes where the registry
+    // says it stopped, in the same run.
+    let p = CuttingProxy::start(reg.port, 1_500_000, false);
+    let via = format!("127.0.0.1:{}/resume:v1", p.port);
+    let r = json_of(&rafs_image(&[
+        "convert",
+        "--source",
+        &src,
+        "--target",
+        &via,
+        "--target-insecure",
+        "--threads",
+        "1",
+        "--upload-chunk-size",
+        "262144",
+        "--output-json",
+    ]));
+    assert!(r["upload_resumes"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["patches"].as_u64().unwrap() > 10, "chunked: {r}");
+    ok(&rafs_image(&[
+        "check",
+        "--source",
+        &src,
+        "--target",
+        &format!("{}/resume:v1", reg.host()),
+        "--target-insecure",
+    ]));
+}
+
+#[test]
+fn chunk_dict_image_makes_the_second_version_small() {
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let h = reg.host();
+    let l1 = t.path().join("v1");
+    write_layout(&l1, "v1", &[("amd64", sample_layers(6))]);
+    let mut v2 = sample_layers(6);
+    v2[2]
+        .0
+        .push(E::File("var/new", 0o644, b"new in v2".to_vec()));
+    let l2 = t.path().join("v2");
+    write_layout(&l2, "v2", &[("amd64", v2)]);
+    let r1 = json_of(&rafs_image(&[
+        "convert",
+        "--source",
+        &format!("oci:{}:v1", l1.display()),
+        "--target",
+        &format!("{h}/base:v1"),
+        "--target-insecure",
+        "--output-json",
+    ]));
+    let r2 = json_of(&rafs_image(&[
+        "convert",
+        "--source",
+        &format!("oci:{}:v2", l2.display()),
+        "--target",
+        &format!("{h}/next:v2"),
+        "--target-insecure",
+        "--chunk-dict",
+        &format!("{h}/base:v1"),
+        "--output-json",
+    ]));
+    let b1 = r1["bytes_pushed"].as_u64().unwrap();
+    let b2 = r2["bytes_pushed"].as_u64().unwrap();
+    let dict = r2["manifests"][0]["dict_blobs"].as_array().unwrap();
+    assert!(!dict.is_empty(), "{r2}");
+    // The dictionary's blobs were copied into the new repository, counted in b2; the new
+    // layer blobs hold only what the dictionary lacks.
+    let own: u64 = r2["manifests"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["blob_size"].as_u64().unwrap())
+        .sum();
+    assert!(own * 10 < b1, "own blobs {own} vs v1 {b1} ({b2} pushed)");
+    ok(&rafs_image(&[
+        "check",
+        "--source",
+        &format!("oci:{}:v2", l2.display()),
+        "--target",
+        &format!("{h}/next:v2"),
+        "--target-insecure",
+    ]));
+}
+
+#[test]
+fn docker_archive_to_oci_layout_and_a_tampered_blob() {
+    let t = tempfile::tempdir().unwrap();
+    let ar = t.path().join("saved.tar");
+    let layers: Vec<Vec<E>> = sample_layers(7).into_iter().map(|(e, _)| e).collect();
+    write_docker_archive(&ar, &layers);
+    let out = t.path().join("out");
+    let src = format!("docker-archive:{}", ar.display());
+    let dst = format!("oci:{}:nydus", out.display());
+    ok(&rafs_image(&[
+        "convert", "--source", &src, "--target", &dst,
+    ]));
+    let c = ok(&rafs_image(&["check", "--source", &src, "--target", &dst]));
+    assert!(c.contains("entries equal"), "{c}");
+    // Flip one byte of the biggest blob: check fails with the digest, not a wrong tree.
+    let blobs = out.join("blobs/sha256");
+    let big: PathBuf = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut b = std::fs::read(&big).unwrap();
+    b[100] ^= 1;
+    std::fs::write(&big, b).unwrap();
+    let o = rafs_image(&["check", "--source", &src, "--target", &dst]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("wrong bytes") || e.contains("digest"), "{e}");
+}
+
+#[test]
+fn upstream_nydusd_serves_a_converted_image_from_the_registry() {
+    let Some(nydusd) = std::env::var_os("NYDUSD")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+    else {
+        skip::skip("no upstream nydusd (set NYDUSD or put it on PATH)");
+        return;
+    };
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("src");
+    write_layout(&lay, "v1", &[("amd64", sample_layers(8))]);
+    let h = reg.host();
+    let src = format!("oci:{}:v1", lay.display());
+    ok(&rafs_image(&[
+        "convert",
+        "--source",
+        &src,
+        "--target",
+        &format!("{h}/up:v1"),
+        "--target-insecure",
+    ]));
+    // The bootstrap, as the snapshotter would extract it.
+    let m = manifest_of(&reg, "up", "v1").unwrap();
+    let pm: oci_spec::image::ImageManifest = serde_json::from_value(m).unwrap();
+    let s = convert::store::open_source(
+        &convert::reference::ImageRef::parse(&format!("{h}/up:v1")).unwrap(),
+        true,
+        None,
+    )
+    .unwrap();
+    let boot = t.path().join("image.boot");
+    convert::fetch_bootstrap(s.as_ref(), &pm, &boot).unwrap();
+    let mnt = t.path().join("mnt");
+    let cache = t.path().join("cache");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&cache).unwrap();
+    let cfg = t.path().join("nydusd.json");
+    let c = serde_json::json!({
+        "device": {
+            "backend": {"type": "registry", "config": {"host": h, "repo": "up", "scheme": "http", "timeout": 5, "connect_timeout": 5, "retry_limit": 1}},
+            "cache": {"type": "blobcache", "config": {"work_dir": cache}}
+        },
+        "mode": "direct", "digest_validate": false, "iostats_files": false, "enable_xattr": true
+    });
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let log = std::fs::File::create(t.path().join("nydusd.log")).unwrap();
+    let mut child = Command::new(&nydusd)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--mountpoint")
+        .arg(&mnt)
+        .arg("--bootstrap")
+        .arg(&boot)
+        .args(["--log-level", "warn", "--rlimit-nofile", "0"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut mounted = false;
+    for _ in 0..100 {
+        if Command::new("mountpoint")
+            .arg("-q")
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success()
+        {
+            mounted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools");
+    let lines = if mounted {
+        Command::new("python3")
+            .arg(tools.join("treemanifest.py"))
+            .arg(&mnt)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let _ = Command::new("umount").arg(&mnt).status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        mounted,
+        "nydusd did not mount: {}",
+        std::fs::read_to_string(t.path().join("nydusd.log")).unwrap_or_default()
+    );
+    let served: std::collections::BTreeMap<Vec<u8>, String> = lines
+        .lines()
+        .map(|l| {
+            (
+                l.split(' ').next().unwrap().as_bytes().to_vec(),
+                l.to_string(),
+            )
+        })
+        .collect();
+    let srcs = convert::store::open_source(
+        &convert::reference::ImageRef::parse(&src).unwrap(),
+        false,
+        None,
+    )
+    .unwrap();
+    let (ms, _) = convert::resolve_manifests(srcs.as_ref(), &[], false).unwrap();
+    let oci = check::oci_tree(srcs.as_ref(), &ms[0].2).unwrap().lines();
+    let diffs = check::compare(&oci, &served);
+    assert!(diffs.is_empty(), "nydusd's tree differs: {diffs:#?}");
+}
