@@ -61,6 +61,9 @@ enum Cmd {
         target: Option<String>,
         #[command(flatten)]
         access: AccessArgs,
+        /// With --source/--target: compare mtimes to the second (for images built without nanoseconds, as upstream nydus-image builds tar layers); default: to the nanosecond
+        #[arg(long = "mtime-sec")]
+        mtime_sec: bool,
         /// Bootstrap file, instead of the positional BOOTSTRAP; one of the two is required
         #[arg(short = 'B', long = "bootstrap")]
         bootstrap_flag: Option<PathBuf>,
@@ -467,9 +470,11 @@ fn run() -> Result<(), String> {
             target: Some(target),
             access,
             output_json,
+            mtime_sec,
             ..
         } => {
             let o = convert::check::CheckOptions {
+                mtime_sec,
                 source: image_ref(&source)?,
                 target: image_ref(&target)?,
                 source_insecure: access.source_insecure,

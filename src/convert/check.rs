@@ -27,6 +27,9 @@ pub struct CheckOptions {
     pub source_creds: Option<String>,
     pub target_creds: Option<String>,
     pub platforms: Vec<String>,
+    /// Compare mtimes to the second (images whose builder dropped the nanoseconds, as
+    /// upstream nydus-image does for tar layers).
+    pub mtime_sec: bool,
 }
 
 /// The result for one platform.
@@ -429,6 +432,25 @@ pub fn nydus_lines(boot: &Path, dir: &Path) -> Result<BTreeMap<Vec<u8>, String>,
         .collect())
 }
 
+/// A treemanifest.py line with its mtime (ns) cut to whole seconds.
+pub fn line_mtime_to_seconds(line: &str) -> String {
+    let mut f: Vec<String> = line.split(' ').map(String::from).collect();
+    if let Some(ns) = f.get(5).and_then(|m| m.parse::<u128>().ok()) {
+        f[5] = (ns / 1_000_000_000 * 1_000_000_000).to_string();
+    }
+    f.join(" ")
+}
+
+/// [`OciTree::lines`] with mtimes cut to whole seconds.
+pub fn mtime_to_seconds(
+    lines: &BTreeMap<Vec<u8>, (String, bool)>,
+) -> BTreeMap<Vec<u8>, (String, bool)> {
+    lines
+        .iter()
+        .map(|(k, (l, i))| (k.clone(), (line_mtime_to_seconds(l), *i)))
+        .collect()
+}
+
 /// Differences between an OCI tree and a Nydus image's lines.
 pub fn compare(
     oci: &BTreeMap<Vec<u8>, (String, bool)>,
@@ -509,10 +531,14 @@ pub fn check(o: &CheckOptions) -> Result<CheckReport, ConvertError> {
             });
             continue;
         };
-        let tree = oci_tree(src.as_ref(), sbody)?.lines();
+        let mut tree = oci_tree(src.as_ref(), sbody)?.lines();
         let tmp = TempDir::new("rafs-check")?;
         let boot = fetch_nydus_image(dst.as_ref(), tbody, &tmp.0)?;
-        let ny = nydus_lines(&boot, &tmp.0)?;
+        let mut ny = nydus_lines(&boot, &tmp.0)?;
+        if o.mtime_sec {
+            tree = mtime_to_seconds(&tree);
+            ny.values_mut().for_each(|l| *l = line_mtime_to_seconds(l));
+        }
         report.platforms.push(PlatformCheck {
             platform: ps,
             source_digest: sdigest.clone(),

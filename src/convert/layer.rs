@@ -243,3 +243,47 @@ pub fn extract_bootstrap(layer: &mut dyn Read, limit: u64) -> Result<Vec<u8>, Co
         "bootstrap layer has no image/image.boot".into(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(b: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(b)))
+    }
+
+    #[test]
+    fn verifying_reader_refuses_wrong_short_and_long_bytes() {
+        let good = b"layer bytes".to_vec();
+        let d = digest(&good);
+        let read = |data: &[u8], size| {
+            let mut v = Verifying::new(data, &d, size);
+            let mut out = Vec::new();
+            v.read_to_end(&mut out).map(|_| out)
+        };
+        assert_eq!(read(&good, Some(good.len() as u64)).unwrap(), good);
+        let e = read(b"layer bytez", Some(11)).unwrap_err().to_string();
+        assert!(e.contains("wrong bytes"), "{e}");
+        assert!(read(b"layer byte", Some(11)).is_err(), "short");
+        assert!(read(b"layer bytes!", Some(11)).is_err(), "long");
+    }
+
+    #[test]
+    fn compression_is_found_by_magic() {
+        let tar = b"plain".to_vec();
+        let gz = {
+            let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            g.write_all(&tar).unwrap();
+            g.finish().unwrap()
+        };
+        let zs = zstd::encode_all(tar.as_slice(), 1).unwrap();
+        for b in [tar.clone(), gz, zs] {
+            let mut out = Vec::new();
+            decompressed(b.as_slice())
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, tar);
+        }
+    }
+}

@@ -51,6 +51,13 @@ fn pax_record(out: &mut Vec<u8>, k: &str, v: &[u8]) {
 /// An uncompressed layer tar of `entries` (mtimes 1700000000.123456789 via PAX).
 pub fn layer_tar(entries: &[E]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
+    // A hard link's header carries its target's mode, as GNU tar writes it.
+    let mode_of = |path: &str| {
+        entries.iter().find_map(|e| match e {
+            E::File(p, m, _) if *p == path => Some(*m),
+            _ => None,
+        })
+    };
     for e in entries {
         let (path, mut h, data, xattrs): (&str, tar::Header, Vec<u8>, Xattrs) = {
             let mut h = tar::Header::new_ustar();
@@ -75,7 +82,7 @@ pub fn layer_tar(entries: &[E]) -> Vec<u8> {
                 }
                 E::Hard(p, t) => {
                     h.set_entry_type(tar::EntryType::Link);
-                    h.set_mode(0o644);
+                    h.set_mode(mode_of(t).unwrap_or(0o644));
                     h.set_link_name(t).unwrap();
                     (p, h, vec![], vec![])
                 }
@@ -241,6 +248,50 @@ pub fn write_docker_archive(file: &Path, layers: &[Vec<E>]) {
     .unwrap();
     add(&mut b, "manifest.json", &man);
     std::fs::write(file, b.into_inner().unwrap()).unwrap();
+}
+
+/// `layers` as docker writes them: every parent directory of an entry has its own entry
+/// in the same layer (attributes as the layer below gave them, here 0755).
+pub fn with_parent_entries(layers: Layers) -> Layers {
+    layers
+        .into_iter()
+        .map(|(entries, c)| {
+            let mut out: Vec<E> = Vec::new();
+            let mut have: Vec<String> = Vec::new();
+            for e in entries {
+                let p = match &e {
+                    E::Dir(p, _)
+                    | E::File(p, ..)
+                    | E::Hard(p, _)
+                    | E::Sym(p, _)
+                    | E::Fifo(p)
+                    | E::Char(p, ..)
+                    | E::XFile(p, ..) => *p,
+                };
+                let mut acc = String::new();
+                let comps: Vec<&str> = p.split('/').collect();
+                for c in &comps[..comps.len() - 1] {
+                    if !acc.is_empty() {
+                        acc.push('/');
+                    }
+                    acc.push_str(c);
+                    if !have.contains(&acc) {
+                        have.push(acc.clone());
+                        let leaked: &'static str = Box::leak(acc.clone().into_boxed_str());
+                        out.push(E::Dir(leaked, 0o755));
+                    }
+                }
+                if let E::Dir(p, _) = &e {
+                    if have.iter().any(|h| h == p) {
+                        continue;
+                    }
+                    have.push(p.to_string());
+                }
+                out.push(e);
+            }
+            (out, c)
+        })
+        .collect()
 }
 
 /// The layers of the standard test image: every entry kind, a multi-chunk file, and a
