@@ -627,6 +627,40 @@ fn chunk_dict_image_makes_the_second_version_small() {
         &format!("{h}/next:v2"),
         "--target-insecure",
     ]));
+    // A dictionary given as a bootstrap file: its blobs must already be in the target.
+    let dict = t.path().join("dict.boot");
+    bootstrap_of(&reg, "base", "v1", &dict);
+    let dict_arg = format!("bootstrap:local:{}", dict.display());
+    let v2src = format!("oci:{}:v2", l2.display());
+    let conv = |dst: &str| {
+        rafs_image(&[
+            "convert",
+            "--source",
+            &v2src,
+            "--target",
+            dst,
+            "--target-insecure",
+            "--chunk-dict",
+            &dict_arg,
+        ])
+    };
+    let o = conv(&format!("{h}/elsewhere:v2"));
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("chunk dictionary blob") && e.contains("is not in"),
+        "{e}"
+    );
+    assert!(manifest_of(&reg, "elsewhere", "v2").is_none());
+    ok(&conv(&format!("{h}/base:v2")));
+    ok(&rafs_image(&[
+        "check",
+        "--source",
+        &v2src,
+        "--target",
+        &format!("{h}/base:v2"),
+        "--target-insecure",
+    ]));
 }
 
 #[test]

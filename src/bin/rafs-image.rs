@@ -193,12 +193,19 @@ struct ConvertArgs {
     /// Chunk compression: none, lz4_block, zstd or gzip
     #[arg(long, default_value = "zstd")]
     compressor: String,
-    /// Chunk size: a power of two from 0x1000 to 0x1000000
-    #[arg(long = "chunk-size", default_value = "0x100000")]
+    /// Chunk size: a power of two from 0x1000 to 0x1000000 [nydusify: --fs-chunk-size, also accepted]
+    #[arg(
+        long = "chunk-size",
+        alias = "fs-chunk-size",
+        default_value = "0x100000"
+    )]
     chunk_size: String,
-    /// Chunk dictionary: bootstrap=PATH (its blobs must be in the target repository) or a Nydus image reference (its blobs are copied when missing); default: none
+    /// Chunk dictionary: bootstrap=PATH (its blobs must be in the target repository) or a Nydus image reference (its blobs are copied when missing); nydusify's bootstrap:local:PATH and bootstrap:registry:REF also work; default: none
     #[arg(long = "chunk-dict")]
     chunk_dict: Option<String>,
+    /// Accepted for nydusify compatibility: every platform of an index is converted unless --platform is given; default: off
+    #[arg(long = "all-platforms", conflicts_with = "platform")]
+    all_platforms: bool,
     /// Keep the OCI manifests and add the Nydus ones in one index (as nydusify); default: off
     #[arg(long = "merge-platform")]
     merge_platform: bool,
@@ -248,11 +255,19 @@ fn run_convert(a: ConvertArgs) -> Result<(), String> {
     o.chunk_size = parse_chunk_size(&a.chunk_size).map_err(|e| e.to_string())?;
     o.chunk_dict = match a.chunk_dict.as_deref() {
         None => None,
-        Some(d) => match d.strip_prefix("bootstrap=") {
-            Some(p) => Some(convert::ChunkDict::Bootstrap(PathBuf::from(p))),
-            None => Some(convert::ChunkDict::Image(image_ref(d)?)),
-        },
+        Some(d) => {
+            if let Some(p) = d
+                .strip_prefix("bootstrap=")
+                .or_else(|| d.strip_prefix("bootstrap:local:"))
+            {
+                Some(convert::ChunkDict::Bootstrap(PathBuf::from(p)))
+            } else {
+                let r = d.strip_prefix("bootstrap:registry:").unwrap_or(d);
+                Some(convert::ChunkDict::Image(image_ref(r)?))
+            }
+        }
     };
+    let _ = a.all_platforms;
     o.merge_platform = a.merge_platform;
     o.threads = a.threads.max(1);
     o.work_dir = a.work_dir;
