@@ -24,7 +24,7 @@ W=${RV_DEDUP_DIR:-/var/tmp/rv-dedup}
 OUT=${OUT:-$W/out}
 BIN=${RV_BIN_DIR:-$REPO/target/release}
 mkdir -p "$W/src" "$OUT"
-for p in debootstrap linux-source-6.1 docker-registry skopeo python3-pip; do
+for p in debootstrap linux-source-6.1 docker-registry skopeo python3-pip time bc; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
     { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null; }
 done
@@ -169,7 +169,7 @@ SKOPEO_S=$(secs "$t0")
 conv() { # SRC DST [ARGS...] -> seconds on stdout, JSON report in $OUT/<tag>.json
   local src=$1 dst=$2; shift 2
   local t0=$EPOCHREALTIME
-  "$BIN/rafs-image" convert --source "$src" --target "$dst" --source-insecure --target-insecure \
+  /usr/bin/time -f %M -o "$OUT/$(echo "$dst" | tr '/:' '__').rss" "$BIN/rafs-image" convert --source "$src" --target "$dst" --source-insecure --target-insecure \
     --output-json "$OUT/$(echo "$dst" | tr '/:' '__').json" "$@" 2>/dev/null
   secs "$t0"
 }
@@ -274,6 +274,8 @@ OURSD_HOST=$(( $(kb "$OURSD_BOOT") + OURSD_CACHE ))
   echo "| \`rafs-image convert\` with v1 as dictionary | $CONV_V2D |"
   echo "| \`skopeo copy\` registry to OCI layout | $SKOPEO_S |"
   echo "| upstream nydusify | not run: Go modules are not reachable here |"
+  echo
+  echo "Peak RSS of \`rafs-image convert\` of v2: $(( $(cat "$OUT/${H//[\/:]/_}_nydus_app_v2.rss") / 1024 )) MB; its largest layer is $(du -sm "$S/linux-v2" | cut -f1) MB unpacked."
   echo
   echo "convert is $(ratio "${TGZ_S[v2]}" "$CONV_V2")x as fast as tar | gzip -6 of the same layers."
 } | tee "$OUT/dedup.md"

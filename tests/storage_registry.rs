@@ -316,6 +316,65 @@ fn proxy_is_used_and_fallback_reaches_the_origin() {
     );
 }
 
+/// What dfdaemon v2 does when it cannot get a piece (issue: 200, an empty body and
+/// `X-Dragonfly-Error-Type`), and other proxy answers that are not the bytes asked for (a
+/// short 206, a whole-blob 200 to a range request): each is a failure, never data. With
+/// `fallback` the origin answers the same request at once; without, the read fails.
+#[test]
+fn proxy_answers_that_are_not_the_range_fall_back_to_the_origin() {
+    let data = Arc::new(pseudo_random(8000, 21));
+    let d2 = data.clone();
+    let origin = FakeServer::start("127.0.0.1", move |req| range_reply(req, &d2));
+    let d3 = data.clone();
+    let proxy = FakeServer::start("127.0.0.1", move |req| {
+        if req.path == "/ping" {
+            return Reply::new(200, "");
+        }
+        let r = range_reply(req, &d3);
+        if req.header("range") == Some("bytes=0-99") {
+            Reply::new(200, "").header("X-Dragonfly-Error-Type", "backend")
+        } else if req.header("range") == Some("bytes=100-199") {
+            Reply::new(206, r.body[..50].to_vec())
+        } else {
+            Reply::new(200, d3.to_vec())
+        }
+    });
+    let proxy_opts = |fallback| ProxyOptions {
+        url: format!("http://{}", proxy.addr),
+        ping_url: format!("http://{}/ping", proxy.addr),
+        fallback,
+        check_interval: Duration::from_secs(60),
+        use_http: false,
+    };
+    let mut o = opts(&origin.addr, "img");
+    o.proxy = Some(proxy_opts(true));
+    let be = RegistryBackend::new(o).unwrap();
+    let mut buf = vec![0u8; 100];
+    for off in [0u64, 100, 300] {
+        be.read_range("abc", off, &mut buf).unwrap();
+        assert_eq!(buf, data[off as usize..off as usize + 100], "at {off}");
+    }
+    assert_eq!(
+        origin.requests().len(),
+        3,
+        "each failed proxy answer went to the origin"
+    );
+    assert_eq!(
+        be.metrics().to_json("registry")["proxy_fallbacks"].as_u64(),
+        Some(3)
+    );
+    // Without fallback: errors, not the proxy's bytes.
+    let mut o = opts(&origin.addr, "img");
+    o.proxy = Some(proxy_opts(false));
+    o.retry_limit = 0;
+    let be = RegistryBackend::new(o).unwrap();
+    for off in [0u64, 100, 300] {
+        let e = be.read_range("abc", off, &mut buf).unwrap_err().to_string();
+        assert!(!e.is_empty());
+    }
+    assert_eq!(origin.requests().len(), 3, "no fallback without `fallback`");
+}
+
 #[test]
 fn mirrors_fail_over_to_the_origin() {
     let data = Arc::new(pseudo_random(4000, 17));

@@ -256,6 +256,15 @@ enum Failure {
     Fatal(StorageError),
 }
 
+impl Failure {
+    fn message(&self) -> String {
+        match self {
+            Failure::Transient(m) => m.clone(),
+            Failure::Fatal(e) => e.to_string(),
+        }
+    }
+}
+
 fn build_client(opts: &RegistryOptions, proxy: Option<&str>) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -405,19 +414,27 @@ impl Inner {
         format!("/v2/{}/blobs/{}", self.opts.repo.trim_matches('/'), digest)
     }
 
-    /// Which client to use, and whether the URL should be downgraded to http for dfdaemon.
-    fn client(&self) -> (&reqwest::Client, bool) {
+    /// Which client to use, whether the URL should be downgraded to http for dfdaemon, and
+    /// whether the request goes through the proxy. `direct` skips the proxy (a fallback
+    /// after the proxy failed this request).
+    fn client(&self, direct: bool) -> (&reqwest::Client, bool, bool) {
         match (&self.proxied, &self.proxy_health, &self.opts.proxy) {
-            (Some(c), Some(h), Some(p)) => {
+            (Some(c), Some(h), Some(p)) if !direct => {
                 if h.ok() || !p.fallback {
-                    (c, p.use_http)
+                    (c, p.use_http, true)
                 } else {
                     self.metrics.proxy_fallbacks.fetch_add(1, Ordering::Relaxed);
-                    (&self.direct, false)
+                    (&self.direct, false, false)
                 }
             }
-            _ => (&self.direct, false),
+            _ => (&self.direct, false, false),
         }
+    }
+
+    /// Whether a request that failed through the proxy is tried again straight at the
+    /// origin.
+    fn falls_back(&self) -> bool {
+        self.opts.proxy.as_ref().is_some_and(|p| p.fallback)
     }
 
     /// GET (or HEAD) a blob range from the first healthy endpoint, with retries.
@@ -439,8 +456,25 @@ impl Inner {
                     continue;
                 }
                 let started = Instant::now();
-                let r = self.attempt(ep, &path, &blob_id, range, head).await;
+                let mut r = self.attempt(ep, &path, &blob_id, range, head, false).await;
                 self.metrics.observe(started);
+                // The proxy failed this request (an error, a short or empty body, a
+                // dfdaemon error header, an unranged answer): with `fallback`, the origin
+                // answers instead, at once.
+                if let (Err((e, true)), true) = (&r, self.falls_back()) {
+                    log::warn!(
+                        "blob {blob_id}: proxy failed ({}); reading from the origin",
+                        e.message()
+                    );
+                    self.metrics.proxy_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = &self.proxy_health {
+                        h.failure();
+                    }
+                    let started = Instant::now();
+                    r = self.attempt(ep, &path, &blob_id, range, head, true).await;
+                    self.metrics.observe(started);
+                }
+                let r = r.map_err(|(e, _)| e);
                 match r {
                     Ok(v) => {
                         if let Some(h) = &ep.health {
@@ -468,7 +502,8 @@ impl Inner {
         )))
     }
 
-    /// One request, following auth challenges and redirects.
+    /// One request, following auth challenges and redirects. On failure, also whether it
+    /// went through the proxy.
     async fn attempt(
         &self,
         ep: &Endpoint,
@@ -476,8 +511,25 @@ impl Inner {
         blob_id: &str,
         range: Option<(u64, u64)>,
         head: bool,
+        direct: bool,
+    ) -> std::result::Result<(Option<u64>, Vec<u8>), (Failure, bool)> {
+        let (client, use_http, proxied) = self.client(direct);
+        self.attempt_with(ep, client, use_http, path, blob_id, range, head)
+            .await
+            .map_err(|f| (f, proxied))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_with(
+        &self,
+        ep: &Endpoint,
+        client: &reqwest::Client,
+        use_http: bool,
+        path: &str,
+        blob_id: &str,
+        range: Option<(u64, u64)>,
+        head: bool,
     ) -> std::result::Result<(Option<u64>, Vec<u8>), Failure> {
-        let (client, use_http) = self.client();
         let origin = ep.health.is_none();
         let mut base = ep.base.clone();
         if use_http {
@@ -572,6 +624,14 @@ impl Inner {
     ) -> std::result::Result<(Option<u64>, Vec<u8>), Failure> {
         let status = resp.status();
         let fatal = |m: String| Failure::Fatal(StorageError::Backend(m));
+        // dfdaemon answers a piece it could not get with 200, an empty body and this
+        // header: never data.
+        if let Some(t) = resp.headers().get("x-dragonfly-error-type") {
+            return Err(Failure::Transient(format!(
+                "dragonfly error {:?} (HTTP {status})",
+                t.to_str().unwrap_or("?")
+            )));
+        }
         match status {
             StatusCode::NOT_FOUND => {
                 return Err(Failure::Fatal(StorageError::BlobNotFound(blob_id.into())))
