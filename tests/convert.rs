@@ -329,6 +329,121 @@ fn basic_auth_from_flags_and_docker_config() {
     ok(&o);
 }
 
+/// A registry that wants Bearer tokens: a forwarder in front of the real registry that
+/// answers 401 with a Bearer challenge unless the request carries the token its own token
+/// endpoint hands out for `alice:s3cret` (Basic).
+fn bearer_front(reg: &Registry) -> registry::FakeServer {
+    use std::sync::OnceLock;
+    let up = format!("http://{}", reg.host());
+    let me: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let me2 = me.clone();
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let srv = registry::FakeServer::start("127.0.0.1", move |req| {
+        let addr = me2.get().unwrap();
+        if req.path.starts_with("/token") {
+            use base64::Engine;
+            let want = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+            );
+            return if req.header("authorization") == Some(want.as_str())
+                && req.path.contains("scope=repository")
+            {
+                registry::Reply::new(200, r#"{"token":"tok-123"}"#)
+            } else {
+                registry::Reply::new(401, "")
+            };
+        }
+        if req.header("authorization") != Some("Bearer tok-123") {
+            return registry::Reply::new(401, "").header(
+                "WWW-Authenticate",
+                &format!(r#"Bearer realm="http://{addr}/token",service="test""#),
+            );
+        }
+        let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap();
+        let mut b = http
+            .request(method, format!("{up}{}", req.path))
+            .header("Host", addr.as_str())
+            .body(req.body.clone());
+        for (k, v) in &req.headers {
+            let k = k.to_ascii_lowercase();
+            if !["host", "authorization", "content-length", "connection"].contains(&k.as_str()) {
+                b = b.header(k, v);
+            }
+        }
+        let r = b.send().unwrap();
+        let mut rep = registry::Reply::new(r.status().as_u16(), Vec::new());
+        for (k, v) in r.headers() {
+            let k = k.as_str();
+            if k != "connection"
+                && k != "transfer-encoding"
+                && (req.method == "HEAD" || k != "content-length")
+            {
+                rep = rep.header(k, v.to_str().unwrap());
+            }
+        }
+        rep.body = r.bytes().unwrap().to_vec();
+        rep
+    });
+    me.set(srv.addr.clone()).unwrap();
+    srv
+}
+
+#[test]
+fn bearer_token_registry_push_and_check() {
+    let reg = Registry::start(None);
+    let front = bearer_front(&reg);
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("src");
+    write_layout(&lay, "v1", &[("amd64", sample_layers(10))]);
+    let src = format!("oci:{}:v1", lay.display());
+    let dst = format!("{}/tok/app:v1", front.addr);
+    let conv = |creds: &str| {
+        rafs_image(&[
+            "convert",
+            "--source",
+            &src,
+            "--target",
+            &dst,
+            "--target-insecure",
+            "--target-creds",
+            creds,
+            "--upload-chunk-size",
+            "1048576",
+        ])
+    };
+    let o = conv("alice:wrong");
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("token service answered 401"), "{e}");
+    ok(&conv("alice:s3cret"));
+    // Every upload request carried the token: the registry (behind the front) has it all.
+    let m = manifest_of(&reg, "tok/app", "v1").unwrap();
+    assert_nydus_shape(&reg, "tok/app", &m);
+    let patches = front
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.header("authorization") == Some("Bearer tok-123"))
+        .count();
+    assert!(
+        patches >= 3,
+        "chunked uploads through the token front: {patches}"
+    );
+    ok(&rafs_image(&[
+        "check",
+        "--source",
+        &src,
+        "--target",
+        &dst,
+        "--target-insecure",
+        "--target-creds",
+        "alice:s3cret",
+    ]));
+}
+
 #[test]
 fn multi_platform_index_all_one_and_merged() {
     let reg = Registry::start(None);

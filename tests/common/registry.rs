@@ -316,6 +316,7 @@ pub struct SeenRequest {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl SeenRequest {
@@ -431,15 +432,20 @@ fn serve_conn(conn: TcpStream, h: &Handler, seen: &Mutex<Vec<SeenRequest>>) {
             method,
             path,
             headers,
+            body,
         };
         seen.lock().unwrap().push(req.clone());
         let rep = h(&req);
         std::thread::sleep(rep.delay);
-        let mut out = format!(
-            "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
-            rep.status,
-            rep.body.len()
-        );
+        // A handler may set Content-Length itself (a HEAD answer for a body not sent).
+        let mut out = format!("HTTP/1.1 {} X\r\n", rep.status);
+        if !rep
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        {
+            out.push_str(&format!("Content-Length: {}\r\n", rep.body.len()));
+        }
         for (k, v) in &rep.headers {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
