@@ -292,6 +292,10 @@ fn proxy_is_used_and_fallback_reaches_the_origin() {
     assert_eq!(buf, data[..100]);
     assert!(proxy.requests().iter().any(|r| r.path.contains("/blobs/")));
     assert!(origin.requests().is_empty(), "went around the proxy");
+    assert_eq!(
+        be.metrics().to_json("registry")["proxy_read_bytes"].as_u64(),
+        Some(100)
+    );
 
     // Proxy down with fallback: the origin serves after the health check notices.
     let dead = registry::free_port();
@@ -362,6 +366,11 @@ fn proxy_answers_that_are_not_the_range_fall_back_to_the_origin() {
     assert_eq!(
         be.metrics().to_json("registry")["proxy_fallbacks"].as_u64(),
         Some(3)
+    );
+    assert_eq!(
+        be.metrics().to_json("registry")["proxy_read_bytes"].as_u64(),
+        Some(0),
+        "nothing the proxy sent was used"
     );
     // Without fallback: errors, not the proxy's bytes.
     let mut o = opts(&origin.addr, "img");

@@ -106,6 +106,8 @@ pub struct BackendMetrics {
     pub retries: AtomicU64,
     pub auth_refreshes: AtomicU64,
     pub proxy_fallbacks: AtomicU64,
+    /// Blob bytes that came through the proxy (dfdaemon), not from the origin.
+    pub proxy_read_bytes: AtomicU64,
     /// Request latency histogram, buckets per [`LATENCY_BUCKETS_MS`] plus one open bucket.
     pub latency: [AtomicU64; 9],
 }
@@ -135,6 +137,7 @@ impl BackendMetrics {
             "retries": self.retries.load(Ordering::Relaxed),
             "auth_refreshes": self.auth_refreshes.load(Ordering::Relaxed),
             "proxy_fallbacks": self.proxy_fallbacks.load(Ordering::Relaxed),
+            "proxy_read_bytes": self.proxy_read_bytes.load(Ordering::Relaxed),
             "latency_buckets_ms": LATENCY_BUCKETS_MS,
             "latency_histogram": l,
         })
@@ -474,7 +477,17 @@ impl Inner {
                     r = self.attempt(ep, &path, &blob_id, range, head, true).await;
                     self.metrics.observe(started);
                 }
-                let r = r.map_err(|(e, _)| e);
+                let r = match r {
+                    Ok((v, proxied)) => {
+                        if proxied {
+                            self.metrics
+                                .proxy_read_bytes
+                                .fetch_add(v.1.len() as u64, Ordering::Relaxed);
+                        }
+                        Ok(v)
+                    }
+                    Err((e, _)) => Err(e),
+                };
                 match r {
                     Ok(v) => {
                         if let Some(h) = &ep.health {
@@ -512,10 +525,11 @@ impl Inner {
         range: Option<(u64, u64)>,
         head: bool,
         direct: bool,
-    ) -> std::result::Result<(Option<u64>, Vec<u8>), (Failure, bool)> {
+    ) -> std::result::Result<((Option<u64>, Vec<u8>), bool), (Failure, bool)> {
         let (client, use_http, proxied) = self.client(direct);
         self.attempt_with(ep, client, use_http, path, blob_id, range, head)
             .await
+            .map(|v| (v, proxied))
             .map_err(|f| (f, proxied))
     }
 
