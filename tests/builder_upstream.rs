@@ -91,54 +91,19 @@ fn nydusd_manifest(
         "mode": "direct", "digest_validate": false, "iostats_files": false, "enable_xattr": true
     });
     std::fs::write(&cfg, c.to_string()).unwrap();
-    let log = std::fs::File::create(work.join("nydusd.log")).unwrap();
-    let mut child = Command::new(nydusd)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--mountpoint")
-        .arg(&mnt)
-        .arg("--bootstrap")
-        .arg(boot)
-        .args(["--log-level", "warn", "--rlimit-nofile", "0"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut mounted = false;
-    for _ in 0..100 {
-        if Command::new("mountpoint")
-            .arg("-q")
+    builder_common::mounted_manifest(
+        Command::new(nydusd)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--mountpoint")
             .arg(&mnt)
-            .status()
-            .unwrap()
-            .success()
-        {
-            mounted = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let m = if mounted {
-        Command::new("python3")
-            .arg(tools().join("treemanifest.py"))
-            .arg(&mnt)
-            .args(flags)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let _ = Command::new("umount").arg(&mnt).status();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        mounted,
-        "nydusd did not mount {}: {}",
-        boot.display(),
-        std::fs::read_to_string(work.join("nydusd.log")).unwrap_or_default()
-    );
-    m
+            .arg("--bootstrap")
+            .arg(boot)
+            .args(["--log-level", "warn", "--rlimit-nofile", "0"]),
+        &mnt,
+        &work.join("nydusd.log"),
+        flags,
+    )
 }
 
 fn upstream_check(ni: &Path, boot: &Path, blobs: &Path) {

@@ -6,6 +6,8 @@
 //! targets (OCI layout, docker save tar). With NYDUSD set, upstream nydusd serves a
 //! converted image from the registry.
 
+#[path = "common/builder.rs"]
+mod builder_common;
 #[path = "common/ociimg.rs"]
 mod ociimg;
 #[path = "common/registry.rs"]
@@ -31,6 +33,29 @@ fn rafs_image(args: &[&str]) -> Output {
         .env("DOCKER_CONFIG", "/nonexistent")
         .output()
         .unwrap()
+}
+
+/// `rafs-image convert --source SRC --target DST EXTRA…`, over plain http to registries.
+fn convert_cmd(src: &str, dst: &str, extra: &[&str]) -> Output {
+    image_cmd("convert", src, dst, extra)
+}
+
+/// `rafs-image check --source SRC --target DST EXTRA…`, over plain http to registries.
+fn check_cmd(src: &str, dst: &str, extra: &[&str]) -> Output {
+    image_cmd("check", src, dst, extra)
+}
+
+fn image_cmd(cmd: &str, src: &str, dst: &str, extra: &[&str]) -> Output {
+    let local = |r: &str| r.starts_with("oci:") || r.starts_with("docker-archive:");
+    let mut a = vec![cmd, "--source", src, "--target", dst];
+    if !local(src) {
+        a.push("--source-insecure");
+    }
+    if !local(dst) {
+        a.push("--target-insecure");
+    }
+    a.extend_from_slice(extra);
+    rafs_image(&a)
 }
 
 fn ok(o: &Output) -> String {
@@ -182,15 +207,7 @@ fn registry_to_registry_with_whiteouts_rerun_check_and_unpack() {
     assert_nydus_shape(&reg, "app", &m);
 
     // The converted tree equals the OCI tree.
-    let c = ok(&rafs_image(&[
-        "check",
-        "--source",
-        &src,
-        "--target",
-        &dst,
-        "--source-insecure",
-        "--target-insecure",
-    ]));
+    let c = ok(&check_cmd(&src, &dst, &[]));
     assert!(c.contains("entries equal"), "{c}");
 
     // A re-run uploads nothing.
@@ -238,14 +255,7 @@ fn registry_to_registry_with_whiteouts_rerun_check_and_unpack() {
         .0
         .retain(|e| !matches!(e, E::File(".wh.deleted", ..)));
     write_layout(&lay2, "v1", &[("amd64", other)]);
-    let o = rafs_image(&[
-        "check",
-        "--source",
-        &format!("oci:{}:v1", lay2.display()),
-        "--target",
-        &dst,
-        "--target-insecure",
-    ]);
+    let o = check_cmd(&format!("oci:{}:v1", lay2.display()), &dst, &[]);
     assert!(!o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -270,15 +280,7 @@ fn basic_auth_from_flags_and_docker_config() {
     );
     let src = format!("{h}/priv/app:v1");
     // No credentials: a clear error, and no manifest.
-    let o = rafs_image(&[
-        "convert",
-        "--source",
-        &src,
-        "--target",
-        &format!("{h}/priv/app:n1"),
-        "--source-insecure",
-        "--target-insecure",
-    ]);
+    let o = convert_cmd(&src, &format!("{h}/priv/app:n1"), &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -286,19 +288,16 @@ fn basic_auth_from_flags_and_docker_config() {
         "{err}"
     );
     // Flags.
-    ok(&rafs_image(&[
-        "convert",
-        "--source",
+    ok(&convert_cmd(
         &src,
-        "--target",
         &format!("{h}/priv/app:n1"),
-        "--source-insecure",
-        "--target-insecure",
-        "--source-creds",
-        "alice:s3cret",
-        "--target-creds",
-        "alice:s3cret",
-    ]));
+        &[
+            "--source-creds",
+            "alice:s3cret",
+            "--target-creds",
+            "alice:s3cret",
+        ],
+    ));
     // Docker config.
     let dc = t.path().join("docker");
     std::fs::create_dir_all(&dc).unwrap();
@@ -402,18 +401,11 @@ fn bearer_token_registry_push_and_check() {
     let src = format!("oci:{}:v1", lay.display());
     let dst = format!("{}/tok/app:v1", front.addr);
     let conv = |creds: &str| {
-        rafs_image(&[
-            "convert",
-            "--source",
+        convert_cmd(
             &src,
-            "--target",
             &dst,
-            "--target-insecure",
-            "--target-creds",
-            creds,
-            "--upload-chunk-size",
-            "1048576",
-        ])
+            &["--target-creds", creds, "--upload-chunk-size", "1048576"],
+        )
     };
     let o = conv("alice:wrong");
     assert!(!o.status.success());
@@ -432,16 +424,7 @@ fn bearer_token_registry_push_and_check() {
         patches >= 3,
         "chunked uploads through the token front: {patches}"
     );
-    ok(&rafs_image(&[
-        "check",
-        "--source",
-        &src,
-        "--target",
-        &dst,
-        "--target-insecure",
-        "--target-creds",
-        "alice:s3cret",
-    ]));
+    ok(&check_cmd(&src, &dst, &["--target-creds", "alice:s3cret"]));
 }
 
 #[test]
@@ -487,15 +470,7 @@ fn multi_platform_index_all_one_and_merged() {
         let mm = manifest_of(&reg, "mp", m["digest"].as_str().unwrap()).unwrap();
         assert_nydus_shape(&reg, "mp", &mm);
     }
-    let c = ok(&rafs_image(&[
-        "check",
-        "--source",
-        &src,
-        "--target",
-        &format!("{h}/mp:all"),
-        "--source-insecure",
-        "--target-insecure",
-    ]));
+    let c = ok(&check_cmd(&src, &format!("{h}/mp:all"), &[]));
     assert_eq!(c.matches("entries equal").count(), 2, "{c}");
     // One platform.
     let one = conv("arm", &["--platform", "linux/arm64"]);
@@ -514,15 +489,11 @@ fn multi_platform_index_all_one_and_merged() {
     for m in &nydus {
         assert_eq!(m["platform"]["os.features"][0], "nydus.remoteimage.v1");
     }
-    let c = ok(&rafs_image(&[
-        "check",
-        "--source",
+    let c = ok(&check_cmd(
         &format!("{h}/mp:merged"),
-        "--target",
         &format!("{h}/mp:merged"),
-        "--source-insecure",
-        "--target-insecure",
-    ]));
+        &[],
+    ));
     assert_eq!(c.matches("entries equal").count(), 2, "{c}");
 }
 
@@ -615,20 +586,18 @@ fn interrupted_push_leaves_no_manifest_and_a_rerun_completes_it() {
     // The network dies for good after 1.5 MB went up: during the 3 MB layer's blob.
     let p = CuttingProxy::start(reg.port, 1_500_000, true);
     let via = format!("127.0.0.1:{}/cut:v1", p.port);
-    let o = rafs_image(&[
-        "convert",
-        "--source",
+    let o = convert_cmd(
         &src,
-        "--target",
         &via,
-        "--target-insecure",
-        "--threads",
-        "1",
-        "--retries",
-        "1",
-        "--upload-chunk-size",
-        "262144",
-    ]);
+        &[
+            "--threads",
+            "1",
+            "--retries",
+            "1",
+            "--upload-chunk-size",
+            "262144",
+        ],
+    );
     assert!(!o.status.success(), "the push cannot finish");
     assert!(
         manifest_of(&reg, "cut", "v1").is_none(),
@@ -637,55 +606,33 @@ fn interrupted_push_leaves_no_manifest_and_a_rerun_completes_it() {
     drop(p);
     // A re-run straight to the registry completes it, reusing what arrived.
     let dst = format!("{}/cut:v1", reg.host());
-    let r = json_of(&rafs_image(&[
-        "convert",
-        "--source",
+    let r = json_of(&convert_cmd(
         &src,
-        "--target",
         &dst,
-        "--target-insecure",
-        "--threads",
-        "1",
-        "--output-json",
-    ]));
+        &["--threads", "1", "--output-json"],
+    ));
     assert!(r["blobs_skipped"].as_u64().unwrap() >= 1, "{r}");
     assert!(r["blobs_pushed"].as_u64().unwrap() >= 1, "{r}");
-    ok(&rafs_image(&[
-        "check",
-        "--source",
-        &src,
-        "--target",
-        &dst,
-        "--target-insecure",
-    ]));
+    ok(&check_cmd(&src, &dst, &[]));
 
     // One cut mid-blob, then the network is back: the upload resumes where the registry
     // says it stopped, in the same run.
     let p = CuttingProxy::start(reg.port, 1_500_000, false);
     let via = format!("127.0.0.1:{}/resume:v1", p.port);
-    let r = json_of(&rafs_image(&[
-        "convert",
-        "--source",
+    let r = json_of(&convert_cmd(
         &src,
-        "--target",
         &via,
-        "--target-insecure",
-        "--threads",
-        "1",
-        "--upload-chunk-size",
-        "262144",
-        "--output-json",
-    ]));
+        &[
+            "--threads",
+            "1",
+            "--upload-chunk-size",
+            "262144",
+            "--output-json",
+        ],
+    ));
     assert!(r["upload_resumes"].as_u64().unwrap() >= 1, "{r}");
     assert!(r["patches"].as_u64().unwrap() > 10, "chunked: {r}");
-    ok(&rafs_image(&[
-        "check",
-        "--source",
-        &src,
-        "--target",
-        &format!("{}/resume:v1", reg.host()),
-        "--target-insecure",
-    ]));
+    ok(&check_cmd(&src, &format!("{}/resume:v1", reg.host()), &[]));
 }
 
 #[test]
@@ -701,26 +648,16 @@ fn chunk_dict_image_makes_the_second_version_small() {
         .push(E::File("var/new", 0o644, b"new in v2".to_vec()));
     let l2 = t.path().join("v2");
     write_layout(&l2, "v2", &[("amd64", v2)]);
-    let r1 = json_of(&rafs_image(&[
-        "convert",
-        "--source",
+    let r1 = json_of(&convert_cmd(
         &format!("oci:{}:v1", l1.display()),
-        "--target",
         &format!("{h}/base:v1"),
-        "--target-insecure",
-        "--output-json",
-    ]));
-    let r2 = json_of(&rafs_image(&[
-        "convert",
-        "--source",
+        &["--output-json"],
+    ));
+    let r2 = json_of(&convert_cmd(
         &format!("oci:{}:v2", l2.display()),
-        "--target",
         &format!("{h}/next:v2"),
-        "--target-insecure",
-        "--chunk-dict",
-        &format!("{h}/base:v1"),
-        "--output-json",
-    ]));
+        &["--chunk-dict", &format!("{h}/base:v1"), "--output-json"],
+    ));
     let b1 = r1["bytes_pushed"].as_u64().unwrap();
     let b2 = r2["bytes_pushed"].as_u64().unwrap();
     let dict = r2["manifests"][0]["dict_blobs"].as_array().unwrap();
@@ -734,31 +671,17 @@ fn chunk_dict_image_makes_the_second_version_small() {
         .map(|l| l["blob_size"].as_u64().unwrap())
         .sum();
     assert!(own * 10 < b1, "own blobs {own} vs v1 {b1} ({b2} pushed)");
-    ok(&rafs_image(&[
-        "check",
-        "--source",
+    ok(&check_cmd(
         &format!("oci:{}:v2", l2.display()),
-        "--target",
         &format!("{h}/next:v2"),
-        "--target-insecure",
-    ]));
+        &[],
+    ));
     // A dictionary given as a bootstrap file: its blobs must already be in the target.
     let dict = t.path().join("dict.boot");
     bootstrap_of(&reg, "base", "v1", &dict);
     let dict_arg = format!("bootstrap:local:{}", dict.display());
     let v2src = format!("oci:{}:v2", l2.display());
-    let conv = |dst: &str| {
-        rafs_image(&[
-            "convert",
-            "--source",
-            &v2src,
-            "--target",
-            dst,
-            "--target-insecure",
-            "--chunk-dict",
-            &dict_arg,
-        ])
-    };
+    let conv = |dst: &str| convert_cmd(&v2src, dst, &["--chunk-dict", &dict_arg]);
     let o = conv(&format!("{h}/elsewhere:v2"));
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
@@ -768,14 +691,7 @@ fn chunk_dict_image_makes_the_second_version_small() {
     );
     assert!(manifest_of(&reg, "elsewhere", "v2").is_none());
     ok(&conv(&format!("{h}/base:v2")));
-    ok(&rafs_image(&[
-        "check",
-        "--source",
-        &v2src,
-        "--target",
-        &format!("{h}/base:v2"),
-        "--target-insecure",
-    ]));
+    ok(&check_cmd(&v2src, &format!("{h}/base:v2"), &[]));
 }
 
 #[test]
@@ -787,10 +703,8 @@ fn docker_archive_to_oci_layout_and_a_tampered_blob() {
     let out = t.path().join("out");
     let src = format!("docker-archive:{}", ar.display());
     let dst = format!("oci:{}:nydus", out.display());
-    ok(&rafs_image(&[
-        "convert", "--source", &src, "--target", &dst,
-    ]));
-    let c = ok(&rafs_image(&["check", "--source", &src, "--target", &dst]));
+    ok(&convert_cmd(&src, &dst, &[]));
+    let c = ok(&check_cmd(&src, &dst, &[]));
     assert!(c.contains("entries equal"), "{c}");
     // Flip one byte of the biggest blob: check fails with the digest, not a wrong tree.
     let blobs = out.join("blobs/sha256");
@@ -802,7 +716,7 @@ fn docker_archive_to_oci_layout_and_a_tampered_blob() {
     let mut b = std::fs::read(&big).unwrap();
     b[100] ^= 1;
     std::fs::write(&big, b).unwrap();
-    let o = rafs_image(&["check", "--source", &src, "--target", &dst]);
+    let o = check_cmd(&src, &dst, &[]);
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("wrong bytes") || e.contains("digest"), "{e}");
@@ -831,54 +745,19 @@ fn served_tree(
         "mode": "direct", "digest_validate": false, "iostats_files": false, "enable_xattr": true
     });
     std::fs::write(&cfg, c.to_string()).unwrap();
-    let logp = work.join("daemon.log");
-    let log = std::fs::File::create(&logp).unwrap();
-    let mut child = Command::new(argv[0])
-        .args(&argv[1..])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--mountpoint")
-        .arg(&mnt)
-        .arg("--bootstrap")
-        .arg(boot)
-        .args(["--log-level", "warn"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut mounted = false;
-    for _ in 0..100 {
-        if Command::new("mountpoint")
-            .arg("-q")
+    let lines = builder_common::mounted_manifest(
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--mountpoint")
             .arg(&mnt)
-            .status()
-            .unwrap()
-            .success()
-        {
-            mounted = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools");
-    let lines = if mounted {
-        Command::new("python3")
-            .arg(tools.join("treemanifest.py"))
-            .arg(&mnt)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let _ = Command::new("umount").arg(&mnt).status();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        mounted,
-        "{} did not mount: {}",
-        argv[0],
-        std::fs::read_to_string(&logp).unwrap_or_default()
+            .arg("--bootstrap")
+            .arg(boot)
+            .args(["--log-level", "warn"]),
+        &mnt,
+        &work.join("daemon.log"),
+        &[],
     );
     lines
         .lines()
@@ -915,13 +794,20 @@ fn bootstrap_of(reg: &Registry, repo: &str, tag: &str, out: &Path) {
     convert::fetch_bootstrap(s.as_ref(), &pm, out).unwrap();
 }
 
+/// The upstream binary `$VAR` names, or None after reporting the running test skipped.
+fn upstream(var: &str, name: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.exists());
+    if p.is_none() {
+        skip::skip(&format!("no upstream {name} (set {var} or put it on PATH)"));
+    }
+    p
+}
+
 #[test]
 fn upstream_nydusd_serves_a_converted_image_from_the_registry() {
-    let Some(nydusd) = std::env::var_os("NYDUSD")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-    else {
-        skip::skip("no upstream nydusd (set NYDUSD or put it on PATH)");
+    let Some(nydusd) = upstream("NYDUSD", "nydusd") else {
         return;
     };
     let reg = Registry::start(None);
@@ -929,14 +815,7 @@ fn upstream_nydusd_serves_a_converted_image_from_the_registry() {
     let lay = t.path().join("src");
     write_layout(&lay, "v1", &[("amd64", sample_layers(8))]);
     let src = format!("oci:{}:v1", lay.display());
-    ok(&rafs_image(&[
-        "convert",
-        "--source",
-        &src,
-        "--target",
-        &format!("{}/up:v1", reg.host()),
-        "--target-insecure",
-    ]));
+    ok(&convert_cmd(&src, &format!("{}/up:v1", reg.host()), &[]));
     let boot = t.path().join("image.boot");
     bootstrap_of(&reg, "up", "v1", &boot);
     let served = served_tree(
@@ -957,11 +836,7 @@ fn upstream_nydusd_serves_a_converted_image_from_the_registry() {
 /// (nydusify itself is Go and cannot be built here; this runs its nydus-image steps.)
 #[test]
 fn an_upstream_built_image_is_checked_and_served_by_us() {
-    let Some(ni) = std::env::var_os("NYDUS_IMAGE")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-    else {
-        skip::skip("no upstream nydus-image (set NYDUS_IMAGE or put it on PATH)");
+    let Some(ni) = upstream("NYDUS_IMAGE", "nydus-image") else {
         return;
     };
     let reg = Registry::start(None);
@@ -1073,25 +948,10 @@ fn an_upstream_built_image_is_checked_and_served_by_us() {
         .unwrap();
     let src = format!("oci:{}:v1", lay.display());
     let dst = format!("{}/upb:v1", reg.host());
-    let c = ok(&rafs_image(&[
-        "check",
-        "--source",
-        &src,
-        "--target",
-        &dst,
-        "--target-insecure",
-        "--mtime-sec",
-    ]));
+    let c = ok(&check_cmd(&src, &dst, &["--mtime-sec"]));
     assert!(c.contains("entries equal"), "{c}");
     // Without --mtime-sec the lost nanoseconds are named.
-    let o = rafs_image(&[
-        "check",
-        "--source",
-        &src,
-        "--target",
-        &dst,
-        "--target-insecure",
-    ]);
+    let o = check_cmd(&src, &dst, &[]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("mtime differs"));
     let served = served_tree(

@@ -239,13 +239,20 @@ fn image_ref(s: &str) -> Result<convert::reference::ImageRef, String> {
     convert::reference::ImageRef::parse(s).map_err(|e| e.to_string())
 }
 
+fn image_pair(source: &str, target: &str, a: &AccessArgs) -> Result<convert::ImagePair, String> {
+    let mut p = convert::ImagePair::new(image_ref(source)?, image_ref(target)?);
+    p.source_insecure = a.source_insecure;
+    p.target_insecure = a.target_insecure;
+    p.source_creds = a.source_creds.clone();
+    p.target_creds = a.target_creds.clone();
+    p.platforms = platforms(a);
+    Ok(p)
+}
+
 fn run_convert(a: ConvertArgs) -> Result<(), String> {
-    let mut o = convert::ConvertOptions::new(image_ref(&a.source)?, image_ref(&a.target)?);
-    o.source_insecure = a.access.source_insecure;
-    o.target_insecure = a.access.target_insecure;
-    o.source_creds = a.access.source_creds.clone();
-    o.target_creds = a.access.target_creds.clone();
-    o.platforms = platforms(&a.access);
+    let images = image_pair(&a.source, &a.target, &a.access)?;
+    let mut o = convert::ConvertOptions::new(images.source.clone(), images.target.clone());
+    o.images = images;
     o.version = match a.fs_version.as_str() {
         "5" => RafsVersion::V5,
         "6" => RafsVersion::V6,
@@ -490,13 +497,7 @@ fn run() -> Result<(), String> {
         } => {
             let o = convert::check::CheckOptions {
                 mtime_sec,
-                source: image_ref(&source)?,
-                target: image_ref(&target)?,
-                source_insecure: access.source_insecure,
-                target_insecure: access.target_insecure,
-                source_creds: access.source_creds.clone(),
-                target_creds: access.target_creds.clone(),
-                platforms: platforms(&access),
+                images: image_pair(&source, &target, &access)?,
             };
             let r = convert::check::check(&o).map_err(|e| format!("check failed: {e}"))?;
             for p in &r.platforms {

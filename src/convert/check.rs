@@ -11,22 +11,15 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::layer::{decompressed, Verifying};
-use super::reference::ImageRef;
-use super::store::{self, Source};
-use super::{parse_manifest, platform_string, resolve_manifests, ConvertError, TempDir};
+use super::store::Source;
+use super::{parse_manifest, platform_string, resolve_manifests, ConvertError, ImagePair, TempDir};
 use crate::rafs::manifest::{self as tm, LocalBlobs, ManifestOptions};
 use crate::rafs::RafsImage;
 
 /// What `check` compares.
 #[derive(Clone, Debug)]
 pub struct CheckOptions {
-    pub source: ImageRef,
-    pub target: ImageRef,
-    pub source_insecure: bool,
-    pub target_insecure: bool,
-    pub source_creds: Option<String>,
-    pub target_creds: Option<String>,
-    pub platforms: Vec<String>,
+    pub images: ImagePair,
     /// Compare mtimes to the second (images whose builder dropped the nanoseconds, as
     /// upstream nydus-image does for tar layers).
     pub mtime_sec: bool,
@@ -503,12 +496,13 @@ pub fn compare(
     out
 }
 
-/// Compare `o.source` (OCI) with `o.target` (its Nydus conversion), per platform.
+/// Compare `o.images.source` (OCI) with `o.images.target` (its Nydus conversion), per
+/// platform.
 pub fn check(o: &CheckOptions) -> Result<CheckReport, ConvertError> {
-    let src = store::open_source(&o.source, o.source_insecure, o.source_creds.as_deref())?;
-    let dst = store::open_source(&o.target, o.target_insecure, o.target_creds.as_deref())?;
-    let (oms, _) = resolve_manifests(src.as_ref(), &o.platforms, false)?;
-    let (nms, _) = resolve_manifests(dst.as_ref(), &o.platforms, true)?;
+    let src = o.images.open_source()?;
+    let dst = o.images.open_target_to_read()?;
+    let (oms, _) = resolve_manifests(src.as_ref(), &o.images.platforms, false)?;
+    let (nms, _) = resolve_manifests(dst.as_ref(), &o.images.platforms, true)?;
     let mut report = CheckReport {
         platforms: Vec::new(),
     };

@@ -82,11 +82,12 @@ pub enum ChunkDict {
     Image(ImageRef),
 }
 
-/// What `convert` does.
+/// The two images of a conversion or a check, and how to reach them.
 #[derive(Clone, Debug)]
-pub struct ConvertOptions {
+pub struct ImagePair {
     pub source: ImageRef,
     pub target: ImageRef,
+    /// Plain http to a registry source / target.
     pub source_insecure: bool,
     pub target_insecure: bool,
     /// `user:pass`.
@@ -94,6 +95,52 @@ pub struct ConvertOptions {
     pub target_creds: Option<String>,
     /// `os/arch[/variant]` filters; empty = every platform.
     pub platforms: Vec<String>,
+}
+
+impl ImagePair {
+    pub fn new(source: ImageRef, target: ImageRef) -> Self {
+        ImagePair {
+            source,
+            target,
+            source_insecure: false,
+            target_insecure: false,
+            source_creds: None,
+            target_creds: None,
+            platforms: Vec::new(),
+        }
+    }
+
+    pub fn open_source(&self) -> Result<Box<dyn Source>, ConvertError> {
+        store::open_source(
+            &self.source,
+            self.source_insecure,
+            self.source_creds.as_deref(),
+        )
+    }
+
+    /// The target, to read (check).
+    pub fn open_target_to_read(&self) -> Result<Box<dyn Source>, ConvertError> {
+        store::open_source(
+            &self.target,
+            self.target_insecure,
+            self.target_creds.as_deref(),
+        )
+    }
+
+    /// The target, to write (convert).
+    pub fn open_target(&self) -> Result<Box<dyn Target>, ConvertError> {
+        store::open_target(
+            &self.target,
+            self.target_insecure,
+            self.target_creds.as_deref(),
+        )
+    }
+}
+
+/// What `convert` does.
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    pub images: ImagePair,
     pub version: RafsVersion,
     pub compressor: Compressor,
     pub chunk_size: u32,
@@ -112,13 +159,7 @@ pub struct ConvertOptions {
 impl ConvertOptions {
     pub fn new(source: ImageRef, target: ImageRef) -> Self {
         ConvertOptions {
-            source,
-            target,
-            source_insecure: false,
-            target_insecure: false,
-            source_creds: None,
-            target_creds: None,
-            platforms: Vec::new(),
+            images: ImagePair::new(source, target),
             version: RafsVersion::V6,
             compressor: Compressor::Zstd,
             chunk_size: crate::rafs::layout::DEFAULT_CHUNK_SIZE,
@@ -649,11 +690,12 @@ pub fn fetch_bootstrap(
     std::fs::write(path, boot).map_err(|e| ConvertError::Io(format!("{}: {e}", path.display())))
 }
 
-/// Convert `o.source` to `o.target`.
+/// Convert `o.images.source` to `o.images.target`.
 pub fn convert(o: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     let t0 = Instant::now();
-    let src = store::open_source(&o.source, o.source_insecure, o.source_creds.as_deref())?;
-    let mut dst = store::open_target(&o.target, o.target_insecure, o.target_creds.as_deref())?;
+    let im = &o.images;
+    let src = im.open_source()?;
+    let mut dst = im.open_target()?;
     dst.set_upload(o.upload_chunk_size, o.retries);
     let _tmp;
     let work = match &o.work_dir {
@@ -674,8 +716,8 @@ pub fn convert(o: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         None => None,
         Some(ChunkDict::Bootstrap(p)) => Some(p.clone()),
         Some(ChunkDict::Image(r)) => {
-            let ds = store::open_source(r, o.source_insecure || o.target_insecure, None)?;
-            let (ms, _) = resolve_manifests(ds.as_ref(), &o.platforms, true)?;
+            let ds = store::open_source(r, im.source_insecure || im.target_insecure, None)?;
+            let (ms, _) = resolve_manifests(ds.as_ref(), &im.platforms, true)?;
             let m = parse_manifest(&ms[0].2)?;
             for l in &m.layers()[..m.layers().len() - 1] {
                 dict_blobs.insert(l.digest().to_string(), l.size());
@@ -724,13 +766,13 @@ pub fn convert(o: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         bytes_read: AtomicU64::new(0),
     };
 
-    let (manifests, index) = resolve_manifests(src.as_ref(), &o.platforms, false)?;
+    let (manifests, index) = resolve_manifests(src.as_ref(), &im.platforms, false)?;
     let mut report = ConvertReport {
-        source: o.source.to_string(),
-        target: o.target.to_string(),
+        source: im.source.to_string(),
+        target: im.target.to_string(),
         ..Default::default()
     };
-    let tag = o.target.tag().map(str::to_string);
+    let tag = im.target.tag().map(str::to_string);
     let as_index = index.is_some() || o.merge_platform;
     let mut entries: Vec<Descriptor> = Vec::new();
     for (plat, sdigest, body, smt) in &manifests {

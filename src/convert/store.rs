@@ -80,29 +80,26 @@ pub fn read_verified(src: &dyn Source, digest: &str, limit: u64) -> Result<Vec<u
             "blob {digest} is larger than {limit} bytes"
         )));
     }
-    let got = digest_of(&v);
+    verified("blob", digest, v)
+}
+
+/// `bytes` if their digest is `digest`.
+fn verified(what: &str, digest: &str, bytes: Vec<u8>) -> Result<Vec<u8>, ConvertError> {
+    let got = digest_of(&bytes);
     if got != digest {
         return Err(ConvertError::Digest {
-            what: "blob".into(),
+            what: what.into(),
             want: digest.into(),
             got,
         });
     }
-    Ok(v)
+    Ok(bytes)
 }
 
 /// A manifest by digest: from the registry's manifest endpoint, or a layout's blobs.
 pub fn read_verified_manifest(src: &dyn Source, digest: &str) -> Result<Vec<u8>, ConvertError> {
     let (b, _) = src.manifest(Some(digest))?;
-    let got = digest_of(&b);
-    if got != digest {
-        return Err(ConvertError::Digest {
-            what: "manifest".into(),
-            want: digest.into(),
-            got,
-        });
-    }
-    Ok(b)
+    verified("manifest", digest, b)
 }
 
 /// Credentials (base64 `user:pass`) for `host`: `creds` (`user:pass`) when given, else the

@@ -60,3 +60,52 @@ pub fn assert_same(got: &str, want: &str, what: &str) {
         );
     }
 }
+
+/// Spawn a nydusd-style FUSE daemon (`cmd`, already given everything but its output), wait
+/// for its mount at `mnt`, and return `treemanifest.py MNT FLAGS` of the mounted tree. The
+/// daemon is unmounted and killed afterwards; its output goes to `log`, shown if it never
+/// mounted.
+pub fn mounted_manifest(cmd: &mut Command, mnt: &Path, log: &Path, flags: &[&str]) -> String {
+    let f = std::fs::File::create(log).unwrap();
+    let mut child = cmd
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let mut mounted = false;
+    for _ in 0..100 {
+        if Command::new("mountpoint")
+            .arg("-q")
+            .arg(mnt)
+            .status()
+            .unwrap()
+            .success()
+        {
+            mounted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let m = if mounted {
+        Command::new("python3")
+            .arg(tools().join("treemanifest.py"))
+            .arg(mnt)
+            .args(flags)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let _ = Command::new("umount").arg(mnt).status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        mounted,
+        "{:?} did not mount {}: {}",
+        cmd.get_program(),
+        mnt.display(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    m
+}
