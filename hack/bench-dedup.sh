@@ -179,7 +179,7 @@ CONV_V2D=$(conv "$H/oci/app:v2" "$H/nydus/app:v2-dict" --chunk-dict "$H/nydus/ap
 log "convert: v1 $CONV_V1 s, v2 $CONV_V2 s, v2 with dict $CONV_V2D s"
 
 # ---- host disk: read every file of both images through a daemon ----
-CFG_TMPL='{"device":{"backend":{"type":"registry","config":{"host":"%s","repo":"nydus/app","scheme":"http","timeout":30,"connect_timeout":5,"retry_limit":2}},"cache":{"type":"blobcache","config":{"work_dir":"%s"}}},"mode":"direct","digest_validate":false,"iostats_files":false,"enable_xattr":true}'
+CFG_TMPL='{"device":{"backend":{"type":"registry","config":{"host":"%s","repo":"nydus/app","scheme":"http","timeout":30,"connect_timeout":5,"retry_limit":2}},"cache":{"type":"blobcache","compressed":%s,"config":{"work_dir":"%s"}}},"mode":"direct","digest_validate":false,"iostats_files":false,"enable_xattr":true}'
 read_all() { # DAEMON(ours|nydusd) CACHE TAG... -> bootstrap bytes on stdout
   local d=$1 cache=$2; shift 2
   local total=0
@@ -196,7 +196,7 @@ t = tarfile.open(fileobj=io.BytesIO(gzip.decompress(b)))
 open(out, "wb").write(t.extractfile("image/image.boot").read())
 EOF
     total=$((total + $(stat -c %s "$wd/image.boot")))
-    printf "$CFG_TMPL" "$H" "$cache" > "$wd/cfg.json"
+    printf "$CFG_TMPL" "$H" "${COMPRESSED:-false}" "$cache" > "$wd/cfg.json"
     if [ "$d" = ours ]; then
       "$BIN/rafs-virtiofsd" fuse --config "$wd/cfg.json" --bootstrap "$wd/image.boot" --mountpoint "$wd/mnt" --log-level warn > "$wd/log" 2>&1 &
     else
@@ -216,6 +216,9 @@ du_kb() { du -sk "$@" | awk '{s+=$1} END {print s}'; }
 OURS_BOOT=$(read_all ours "$W/cache-ours" v1 v2); OURS_CACHE=$(du_kb "$W/cache-ours")
 OURS_V1_BOOT=$(read_all ours "$W/cache-ours-v1" v1); OURS_V1_CACHE=$(du_kb "$W/cache-ours-v1")
 OURSD_BOOT=$(read_all ours "$W/cache-ours-dict" v1 v2-dict); OURSD_CACHE=$(du_kb "$W/cache-ours-dict")
+# Our cache with cache.compressed (chunks kept as the blobs store them).
+OURSZ_BOOT=$(COMPRESSED=true read_all ours "$W/cache-ours-z" v1 v2); OURSZ_CACHE=$(du_kb "$W/cache-ours-z")
+OURSZ1_BOOT=$(COMPRESSED=true read_all ours "$W/cache-ours-z-v1" v1); OURSZ1_CACHE=$(du_kb "$W/cache-ours-z-v1")
 if [ -n "${NYDUSD:-}" ]; then
   ND_BOOT=$(read_all nydusd "$W/cache-nydusd" v1 v2); ND_CACHE=$(du_kb "$W/cache-nydusd")
   NDV1_BOOT=$(read_all nydusd "$W/cache-nydusd-v1" v1); NDV1_CACHE=$(du_kb "$W/cache-nydusd-v1")
@@ -257,6 +260,8 @@ OURSD_HOST=$(( $(kb "$OURSD_BOOT") + OURSD_CACHE ))
   echo "| Host, OCI: layers + snapshots (KB) | $OCI_HOST_V1 | $((OCI_LAYERS_V2 + OCI_SNAP_V2)) | $OCI_HOST | $(pct "$OCI_HOST" "$OCI_HOST_V1") |"
   echo "| Host, ours, no dictionary: bootstraps + cache (KB) | $OURS_HOST_V1 | | $OURS_HOST | $(pct "$OURS_HOST" "$OURS_HOST_V1") |"
   echo "| Host, ours, with dictionary (KB) | $OURS_HOST_V1 | | $OURSD_HOST | $(pct "$OURSD_HOST" "$OURS_HOST_V1") |"
+  OURSZ_HOST=$(( $(kb "$OURSZ_BOOT") + OURSZ_CACHE )); OURSZ_HOST_V1=$(( $(kb "$OURSZ1_BOOT") + OURSZ1_CACHE ))
+  echo "| Host, ours, no dictionary, \`cache.compressed\` (KB) | $OURSZ_HOST_V1 | | $OURSZ_HOST | $(pct "$OURSZ_HOST" "$OURSZ_HOST_V1") |"
   if [ -n "${NYDUSD:-}" ]; then
     NDH=$(( $(kb "$ND_BOOT") + ND_CACHE )); NDH1=$(( $(kb "$NDV1_BOOT") + NDV1_CACHE )); NDHD=$(( $(kb "$NDD_BOOT") + NDD_CACHE ))
     echo "| Host, nydusd, no dictionary (KB) | $NDH1 | | $NDH | $(pct "$NDH" "$NDH1") |"
@@ -265,7 +270,7 @@ OURSD_HOST=$(( $(kb "$OURSD_BOOT") + OURSD_CACHE ))
     echo "| Host, nydusd | skipped: NYDUSD not set | | | |"
   fi
   echo
-  echo "Nydus host footprint for both images against OCI's: ours without dictionary $(ratio "$OURS_HOST" "$OCI_HOST"), ours with dictionary $(ratio "$OURSD_HOST" "$OCI_HOST")."
+  echo "Nydus host footprint for both images against OCI's: ours without dictionary $(ratio "$OURS_HOST" "$OCI_HOST"), ours with dictionary $(ratio "$OURSD_HOST" "$OCI_HOST"), ours with \`cache.compressed\` $(ratio "$OURSZ_HOST" "$OCI_HOST")."
   echo
   echo "| Time, v2 (s) | |"
   echo "|---|---|"

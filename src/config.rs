@@ -193,7 +193,8 @@ pub struct CacheConfig {
     pub kind: CacheType,
     /// Cache directory; also where `<blob_id>.blob.meta` files are looked up.
     pub work_dir: Option<PathBuf>,
-    /// nydusd: cache compressed data. Accepted; our cache always stores decompressed chunks.
+    /// nydusd: cache compressed data. Our shared cache then keeps each chunk as its blob
+    /// stores it, and decompresses it on reads that miss the in-memory LRU.
     pub compressed: bool,
     /// Verify chunks read back from the cache by digest too (crc32c is always checked).
     pub validate: bool,

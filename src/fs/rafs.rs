@@ -313,6 +313,7 @@ impl RafsFs {
             digest_validate: config.digest_validate || config.cache.validate,
             amplify_io: config.amplify_io,
             work_dir: config.cache.work_dir.clone(),
+            cache_compressed: config.cache.compressed,
             ..Default::default()
         };
         let device = Arc::new(BlobDevice::new(

@@ -65,6 +65,12 @@ pub enum CacheKey {
         uncompressed_offset: u64,
         size: u32,
     },
+    /// The chunk of `chunk` as its blob stores it, compressed with `compressor`
+    /// (`cache.compressed`): a file of compressed bytes, decompressed on every read.
+    Compressed {
+        chunk: Box<CacheKey>,
+        compressor: crate::rafs::Compressor,
+    },
 }
 
 impl CacheKey {
@@ -84,6 +90,9 @@ impl CacheKey {
             } => PathBuf::from("blob")
                 .join(safe_name(blob_id))
                 .join(format!("{uncompressed_offset:x}-{size:x}")),
+            CacheKey::Compressed { chunk, compressor } => {
+                PathBuf::from(format!("z-{}", compressor.name())).join(chunk.rel_path())
+            }
         }
     }
 

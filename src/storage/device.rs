@@ -39,6 +39,10 @@ pub struct DeviceOptions {
     pub work_dir: Option<PathBuf>,
     /// Bound of the in-memory LRU of decompressed chunks (0 disables it).
     pub mem_cache_bytes: u64,
+    /// Keep chunks in the shared cache as the blob stores them (compressed), and
+    /// decompress on each read that misses the in-memory LRU (nydusd's
+    /// `cache.compressed`): less disk, more CPU per warm read.
+    pub cache_compressed: bool,
 }
 
 impl Default for DeviceOptions {
@@ -48,6 +52,7 @@ impl Default for DeviceOptions {
             amplify_io: crate::config::DEFAULT_AMPLIFY_IO,
             work_dir: None,
             mem_cache_bytes: DEFAULT_MEM_CACHE,
+            cache_compressed: false,
         }
     }
 }
@@ -523,7 +528,7 @@ impl BlobDevice {
     /// The key of `c` in the shared cache: its digest when known, else blob id + offset.
     fn cache_key(&self, c: &ChunkInfo) -> Result<CacheKey> {
         let b = self.blob(c.blob_index)?;
-        Ok(match self.digest_of(c).ok().flatten() {
+        let key = match self.digest_of(c).ok().flatten() {
             Some(d) => CacheKey::Digest {
                 algo: b.info.digester,
                 digest: d,
@@ -534,6 +539,18 @@ impl BlobDevice {
                 uncompressed_offset: c.uncompressed_offset,
                 size: c.uncompressed_size,
             },
+        };
+        Ok(if self.opts.cache_compressed {
+            CacheKey::Compressed {
+                chunk: Box::new(key),
+                compressor: if c.compressed {
+                    b.info.compressor
+                } else {
+                    crate::rafs::Compressor::None
+                },
+            }
+        } else {
+            key
         })
     }
 
@@ -662,7 +679,7 @@ impl BlobDevice {
         let data = self.decode(c, first)?;
         self.verify(c, &data, validate)?;
         let data = Arc::new(data);
-        self.store(c, &data);
+        self.store(c, &data, first);
         let mut pos = c.compressed_size as usize;
         for n in &extra {
             let r = &raw[pos..pos + n.compressed_size as usize];
@@ -671,21 +688,24 @@ impl BlobDevice {
                 .decode(n, r)
                 .and_then(|d| self.verify(n, &d, validate).map(|_| d))
             {
-                Ok(d) => self.store(n, &Arc::new(d)),
+                Ok(d) => self.store(n, &Arc::new(d), r),
                 Err(e) => log::warn!("amplified read: {e}"),
             }
         }
         Ok(data)
     }
 
-    /// Keep a verified chunk: in the shared cache when there is one (later reads are then
-    /// served from its file by pread, straight into the reply), else, or if that fails
-    /// (e.g. disk full), in the in-memory LRU.
-    fn store(&self, c: &ChunkInfo, data: &Arc<Vec<u8>>) {
+    /// Keep a verified chunk (`data`; `raw` as the blob stores it): in the shared cache
+    /// when there is one (later reads are then served from its file by pread, straight
+    /// into the reply), else, or if that fails (e.g. disk full), in the in-memory LRU. A
+    /// compressed cache keeps `raw`, and the LRU keeps `data` too.
+    fn store(&self, c: &ChunkInfo, data: &Arc<Vec<u8>>, raw: &[u8]) {
         if let Some(cache) = &self.cache {
             if let Ok(k) = self.cache_key(c) {
-                match cache.insert(&k, data) {
-                    Ok(()) => return,
+                let compressed = matches!(k, CacheKey::Compressed { .. });
+                match cache.insert(&k, if compressed { raw } else { data }) {
+                    Ok(()) if !compressed => return,
+                    Ok(()) => {}
                     Err(e) => log::debug!("chunk cache insert failed: {e}"),
                 }
             }
@@ -700,13 +720,31 @@ impl BlobDevice {
         let cache = self.cache.as_ref()?;
         let key = self.cache_key(c).ok()?;
         let validate = self.opts.digest_validate;
-        let data = cache.get(&key, &|d: &[u8]| {
-            // A cached chunk is checked by its crc, or by its digest when that is its key or
-            // validation is on; a corrupt file is dropped and the chunk refetched.
-            let by_digest =
-                validate || (c.crc32.is_none() && matches!(key, CacheKey::Digest { .. }));
-            self.verify(c, d, by_digest).is_ok()
-        })?;
+        let content_key = match &key {
+            CacheKey::Compressed { chunk, .. } => chunk.as_ref(),
+            k => k,
+        };
+        // A cached chunk is checked by its crc, or by its digest when that is its key or
+        // validation is on; a corrupt file is dropped and the chunk refetched.
+        let by_digest =
+            validate || (c.crc32.is_none() && matches!(content_key, CacheKey::Digest { .. }));
+        if let CacheKey::Compressed { .. } = key {
+            let out = std::cell::RefCell::new(None);
+            cache.get(&key, &|raw: &[u8]| match self.decode(c, raw) {
+                Ok(d) if self.verify(c, &d, by_digest).is_ok() => {
+                    *out.borrow_mut() = Some(d);
+                    true
+                }
+                _ => false,
+            })?;
+            let data = Arc::new(out.into_inner()?);
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.mem
+                .lock()
+                .insert((c.blob_index, c.compressed_offset), data.clone());
+            return Some(data);
+        }
+        let data = cache.get(&key, &|d: &[u8]| self.verify(c, d, by_digest).is_ok())?;
         self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
         Some(Arc::new(data))
     }
@@ -796,7 +834,7 @@ impl ChunkReader for BlobDevice {
             self.metrics.mem_hits.fetch_add(1, Ordering::Relaxed);
             return super::write_window(&d, offset, len, w);
         }
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = self.cache.as_ref().filter(|_| !self.opts.cache_compressed) {
             let key = self.cache_key(&c)?;
             if let Some(file) = cache.open_verified(&key) {
                 // SAFETY: a File view of the cache's open fd that is never dropped (the Arc
@@ -1028,6 +1066,108 @@ mod tests {
         assert_eq!(s3.reads.load(Ordering::SeqCst), base + 1);
         assert_eq!(cache3.metrics().corrupt.load(Ordering::Relaxed), 1);
         assert_eq!(std::fs::read(cache3.path_of(&key)).unwrap(), *first[5]);
+    }
+
+    /// A reply writer that refuses the zero-copy file path.
+    struct NoPread(Vec<u8>);
+    impl std::io::Write for NoPread {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl ZeroCopyWriter for NoPread {
+        fn write_from(
+            &mut self,
+            _f: &mut dyn fuse_backend_rs::file_traits::FileReadWriteVolatile,
+            _count: usize,
+            _off: u64,
+        ) -> std::io::Result<usize> {
+            panic!("a compressed cache file went to the reply as it is");
+        }
+        fn available_bytes(&self) -> usize {
+            usize::MAX
+        }
+    }
+
+    /// `cache.compressed`: the shared cache holds the chunks as the blob stores them
+    /// (smaller files, under `z-<compressor>/`), a second daemon serves them without a
+    /// fetch by decompressing and verifying them, and a corrupt one is refetched.
+    #[test]
+    fn a_compressed_cache_keeps_blob_bytes_and_serves_them_verified() {
+        let t = tempfile::tempdir().unwrap();
+        let (img, blobs) = fixture("v6-zstd-64k-base");
+        let mk = |cache: Arc<ChunkCache>| {
+            let slow = Arc::new(Slow {
+                inner: LocalFsBackend::from_dir(&blobs),
+                reads: AtomicU64::new(0),
+                delay: Duration::ZERO,
+            });
+            let ids = img.blobs().iter().map(|b| b.blob_id.clone()).collect();
+            let opts = DeviceOptions {
+                amplify_io: 0,
+                mem_cache_bytes: 0,
+                cache_compressed: true,
+                ..Default::default()
+            };
+            (
+                BlobDevice::new(&img, ids, slow.clone(), Some(cache), opts).unwrap(),
+                slow,
+            )
+        };
+        let (d1, _) = mk(ChunkCache::open(t.path(), 0).unwrap());
+        let n = img.blobs()[0].chunk_count;
+        let mut first = Vec::new();
+        let (mut plain, mut stored, mut zstd_files) = (0u64, 0u64, 0usize);
+        for i in 0..n {
+            let c = d1.chunk_info(&idx(i)).unwrap();
+            first.push(d1.read_chunk(&idx(i)).unwrap());
+            let key = d1.cache_key(&c).unwrap();
+            assert!(matches!(key, CacheKey::Compressed { .. }));
+            let p = ChunkCache::open(t.path(), 0).unwrap().path_of(&key);
+            // Chunks the blob keeps uncompressed (too small to gain) are under z-none.
+            let dir = if c.compressed { "/z-zstd/" } else { "/z-none/" };
+            assert!(p.to_string_lossy().contains(dir), "{}", p.display());
+            zstd_files += usize::from(c.compressed);
+            plain += u64::from(c.uncompressed_size);
+            stored += std::fs::metadata(&p).unwrap().len();
+        }
+        assert!(zstd_files > 0);
+        assert!(
+            stored < plain,
+            "compressed files: {stored} of {plain} bytes"
+        );
+        // Another daemon on the same cache: every chunk from it, none fetched.
+        let cache2 = ChunkCache::open(t.path(), 0).unwrap();
+        let (d2, s2) = mk(cache2.clone());
+        d2.ci_array(0).unwrap();
+        let base = s2.reads.load(Ordering::SeqCst);
+        for i in 0..n {
+            assert_eq!(d2.read_chunk(&idx(i)).unwrap(), first[i as usize]);
+            // The reply path copies decompressed bytes, never the file's.
+            let mut w = NoPread(Vec::new());
+            let len = d2.chunk_info(&idx(i)).unwrap().uncompressed_size as usize;
+            d2.write_chunk_range(&idx(i), 0, len, &mut w).unwrap();
+            assert_eq!(w.0, *first[i as usize]);
+        }
+        assert_eq!(s2.reads.load(Ordering::SeqCst), base);
+        // A corrupt compressed file is dropped and the chunk refetched, right.
+        let c5 = d2.chunk_info(&idx(5)).unwrap();
+        let p = cache2.path_of(&d2.cache_key(&c5).unwrap());
+        let mut b = std::fs::read(&p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+        let cache3 = ChunkCache::open(t.path(), 0).unwrap();
+        let (d3, s3) = mk(cache3.clone());
+        d3.ci_array(0).unwrap();
+        let base = s3.reads.load(Ordering::SeqCst);
+        assert_eq!(d3.read_chunk(&idx(5)).unwrap(), first[5]);
+        assert_eq!(s3.reads.load(Ordering::SeqCst), base + 1);
+        assert_eq!(cache3.metrics().corrupt.load(Ordering::Relaxed), 1);
     }
 
     #[test]
