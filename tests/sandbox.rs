@@ -325,7 +325,44 @@ fn namespace_sandbox_holds_only_the_allowed_trees() {
     .to_string();
     let resp = http(&api, "POST", "/api/v1/mount?mountpoint=/rafs", Some(&rafs));
     assert_eq!(resp.status, 204, "{}", String::from_utf8_lossy(&resp.body));
-    drop(d);
+
+    // A pid namespace: the launched process only waits, holding nothing; the daemon is
+    // pid 1 of its own namespace and its /proc shows no other process.
+    let waiter = d.pid();
+    assert_eq!(status_field(waiter, "Seccomp"), "2");
+    assert_eq!(status_field(waiter, "NoNewPrivs"), "1");
+    assert_eq!(status_field(waiter, "CapEff"), "0000000000000000");
+    let children =
+        std::fs::read_to_string(format!("/proc/{waiter}/task/{waiter}/children")).unwrap();
+    let kids: Vec<i32> = children
+        .split_whitespace()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 1, "one daemon under the waiter: {children:?}");
+    let daemon = kids[0];
+    let nspid = status_field(daemon, "NSpid");
+    assert_eq!(
+        nspid,
+        format!("{daemon}\t1"),
+        "the daemon is pid 1 of its namespace"
+    );
+    assert_eq!(status_field(daemon, "Seccomp"), "2");
+    let pids: Vec<String> = std::fs::read_dir(proot.join("proc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(pids, ["1"], "the daemon's /proc shows only itself");
+    // SIGTERM to the launched process reaches the daemon; both are gone, with its code.
+    let mut d = d;
+    let (_, code) = d
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+        .expect("the waiter exits when the daemon does");
+    assert_eq!(code, 0, "the daemon's clean exit code");
+    assert!(
+        !Path::new(&format!("/proc/{daemon}")).exists(),
+        "the daemon is gone"
+    );
 }
 
 /// A client holding hundreds of API connections cannot make the daemon grow a thread per

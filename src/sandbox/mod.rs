@@ -7,8 +7,8 @@
 //! - a seccomp-BPF allowlist on every thread ([`seccomp`]), `--seccomp kill` by default.
 //!
 //! Optional, `--sandbox namespace`: a private mount namespace whose root holds only the
-//! allowed trees ([`namespace`]), fenced again by Landlock where the kernel has it
-//! ([`landlock`]).
+//! allowed trees, and in virtiofs mode a pid namespace ([`namespace`]), fenced again by
+//! Landlock where the kernel has it ([`landlock`]).
 //!
 //! Order: [`enter`] runs first in each run loop, before any thread exists (capabilities are
 //! per thread, so threads made later inherit the reduced sets); [`lock_down`] installs the
@@ -108,7 +108,19 @@ fn err(what: &str, e: impl std::fmt::Display) -> SandboxError {
 /// thread is spawned.
 pub fn enter(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     if cfg.mode == SandboxMode::Namespace {
-        namespace::enter(&cfg.visible)?;
+        // A pid namespace too, in virtiofs mode (a FUSE daemon's mount must stay the host's
+        // business; its waiter would have nothing to add).
+        if let namespace::Role::Waiter { child } = namespace::enter(&cfg.visible, !cfg.fuse)? {
+            // The launched process keeps nothing: no capability, no new privileges, the
+            // allowlist, and only the waiting.
+            drop_caps(&HashSet::new())?;
+            // SAFETY: plain prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            if let Some(prog) = seccomp::build(cfg.seccomp, false).map_err(|e| err("build", e))? {
+                seccomp::apply_all_threads(&prog).map_err(|e| err("apply", e))?;
+            }
+            namespace::wait_and_exit(child);
+        }
         if cfg.fuse {
             log::info!("sandbox: no Landlock in FUSE mode (it would forbid the FUSE mount)");
         } else {

@@ -5,6 +5,11 @@
 //! and `/dev/urandom`, and the files name resolution reads (`/etc/hosts`,
 //! `/etc/resolv.conf`, `/etc/nsswitch.conf`). TLS roots are compiled in (webpki-roots).
 //!
+//! In virtiofs mode a pid namespace comes with it: the launched process forks, the child
+//! (the daemon, pid 1 there) mounts a `/proc` of its own namespace instead of binding the
+//! host's, and the launched process stays as a confined waiter that relays signals and
+//! exits as the daemon exits ([`Role`], [`wait_and_exit`]).
+//!
 //! Every mount of the namespace is made a slave first, and bind mounts of slaves are slaves
 //! of the same master: a mount that appears later on the host under an allowed root (the
 //! snapshotter mounting a new layer) appears in the daemon's view too, when the host mount
@@ -90,14 +95,46 @@ fn bind_set(visible: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Enters the namespace (see the module docs).
-pub fn enter(visible: &[PathBuf]) -> Result<(), SandboxError> {
+/// Signals the waiting parent of a pid namespace passes on to the daemon.
+const RELAYED: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Which process returns from [`enter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The daemon (with a pid namespace: its pid 1).
+    Daemon,
+    /// With a pid namespace, the process that was launched: it must only wait for the
+    /// daemon ([`wait_and_exit`]) and never serve.
+    Waiter { child: libc::pid_t },
+}
+
+/// Enters the namespace (see the module docs). With `pid`, also a pid namespace: the
+/// process forks, the child (pid 1 there, with its own `/proc`, so it sees no host process)
+/// is the daemon, and the launched process stays as its waiter.
+pub fn enter(visible: &[PathBuf], pid: bool) -> Result<Role, SandboxError> {
     let binds = bind_set(visible);
+    let binds: Vec<PathBuf> = if pid {
+        // The daemon mounts a /proc of its own pid namespace instead.
+        binds
+            .into_iter()
+            .filter(|p| p != Path::new("/proc"))
+            .collect()
+    } else {
+        binds
+    };
     let root = Path::new(ROOT_DIR);
     std::fs::create_dir_all(root).map_err(|e| SandboxError::Setup(format!("{ROOT_DIR}: {e}")))?;
+    let flags = libc::CLONE_NEWNS | if pid { libc::CLONE_NEWPID } else { 0 };
     // SAFETY: plain syscall; the calling process is still single-threaded.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return Err(err("unshare(CLONE_NEWNS)", root));
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(err("unshare", root));
     }
     mount(
         None,
@@ -128,6 +165,10 @@ pub fn enter(visible: &[PathBuf]) -> Result<(), SandboxError> {
         }
         .map_err(|e| SandboxError::Setup(format!("{}: {e}", dst.display())))?;
         mount(Some(p), &dst, None, libc::MS_BIND | libc::MS_REC, None)?;
+    }
+    if pid {
+        std::fs::create_dir_all(root.join("proc"))
+            .map_err(|e| SandboxError::Setup(format!("{ROOT_DIR}/proc: {e}")))?;
     }
     // pivot_root(".", "."): the old root ends up stacked under the new one, then is detached.
     let c = cstr(root)?;
@@ -163,7 +204,85 @@ pub fn enter(visible: &[PathBuf]) -> Result<(), SandboxError> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok(())
+    if !pid {
+        return Ok(Role::Daemon);
+    }
+    // Relayed signals and SIGCHLD stay blocked in the waiter (it takes them with
+    // sigwaitinfo); the daemon gets the old mask back.
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let (mut set, mut old): (libc::sigset_t, libc::sigset_t) = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to local sigsets.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in RELAYED.iter().chain(&[libc::SIGCHLD]) {
+            libc::sigaddset(&mut set, *s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+    }
+    // SAFETY: the process is single-threaded, so the child may go on running Rust code.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(err("fork", root));
+    }
+    if child > 0 {
+        return Ok(Role::Waiter { child });
+    }
+    // SAFETY: plain prctl; the daemon dies with its waiter (Kata watches the waiter's pid).
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    mount(
+        Some(Path::new("proc")),
+        Path::new("/proc"),
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )?;
+    log::info!("sandbox: pid namespace (the daemon is its pid 1)");
+    Ok(Role::Daemon)
+}
+
+/// The waiter's life: pass relayed signals on to `child`, and exit as it exits (its exit
+/// code, or killed by the same signal). Never returns.
+pub fn wait_and_exit(child: libc::pid_t) -> ! {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a local sigset.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in RELAYED.iter().chain(&[libc::SIGCHLD]) {
+            libc::sigaddset(&mut set, *s);
+        }
+    }
+    loop {
+        // SAFETY: valid sigset; no siginfo wanted.
+        let s = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        if s > 0 && s != libc::SIGCHLD {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(child, s) };
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: valid pointer to a local int.
+        if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } != child {
+            continue;
+        }
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            // SAFETY: default disposition, unblocked, then the same signal to ourselves.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                let mut one: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut one);
+                libc::sigaddset(&mut one, sig);
+                libc::sigprocmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                libc::kill(libc::getpid(), sig);
+                libc::_exit(128 + sig);
+            }
+        }
+        // SAFETY: ends the process with the daemon's code.
+        unsafe { libc::_exit(libc::WEXITSTATUS(status)) };
+    }
 }
 
 #[cfg(test)]

@@ -487,11 +487,20 @@ impl ChunkCache {
     }
 
     fn write_atomically(&self, p: &Path, data: &[u8]) -> io::Result<()> {
-        // Unique per process (pid) and per write in it (a process-wide counter: several
-        // caches over one directory may live in one process).
+        // Unique per process (pid, and a random token: daemons in pid namespaces are all
+        // pid 1) and per write in it (a process-wide counter: several caches over one
+        // directory may live in one process).
         static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+        static TOKEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let token = TOKEN.get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            // RandomState is keyed from the OS's random source.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(u64::from(std::process::id()));
+            h.finish()
+        });
         let tmp = self.root.join("tmp").join(format!(
-            "{}-{}",
+            "{}-{token:016x}-{}",
             std::process::id(),
             TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
