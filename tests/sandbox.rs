@@ -169,6 +169,53 @@ fn syscalls_outside_the_allowlist_are_stopped() {
     assert!(!seccomp::allowed().any(|(n, _)| n.starts_with("exec")));
 }
 
+/// The pid namespace's waiter has a filter of its own, far tighter than the daemon's: a
+/// process under it may wait and exit, but not even open a file.
+#[test]
+fn the_waiter_filter_allows_waiting_and_nothing_else() {
+    let prog = seccomp::build_waiter(SeccompMode::Kill).unwrap().unwrap();
+    let run = |open_a_file: bool| -> i32 {
+        // SAFETY: the child makes only async-signal-safe syscalls on memory prepared
+        // before the fork, and ends with _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                let fprog = libc::sock_fprog {
+                    len: prog.len() as u16,
+                    filter: prog.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &fprog as *const libc::sock_fprog,
+                ) != 0
+                {
+                    libc::_exit(99);
+                }
+                libc::getpid();
+                if open_a_file {
+                    libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                }
+                libc::_exit(7);
+            }
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+            st
+        }
+    };
+    let st = run(false);
+    assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 7, "{st:#x}");
+    let st = run(true);
+    assert!(
+        libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSYS,
+        "open under the waiter filter: {st:#x}"
+    );
+    assert!(!seccomp::WAITER.iter().any(|(n, _)| n.contains("open")));
+}
+
 #[test]
 fn sockets_are_private_whatever_the_umask() {
     let t = tempfile::tempdir().unwrap();

@@ -112,11 +112,11 @@ pub fn enter(cfg: &SandboxConfig) -> Result<(), SandboxError> {
         // business; its waiter would have nothing to add).
         if let namespace::Role::Waiter { child } = namespace::enter(&cfg.visible, !cfg.fuse)? {
             // The launched process keeps nothing: no capability, no new privileges, the
-            // allowlist, and only the waiting.
+            // waiter's own tiny allowlist, and only the waiting.
             drop_caps(&HashSet::new())?;
             // SAFETY: plain prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-            if let Some(prog) = seccomp::build(cfg.seccomp, false).map_err(|e| err("build", e))? {
+            if let Some(prog) = seccomp::build_waiter(cfg.seccomp).map_err(|e| err("build", e))? {
                 seccomp::apply_all_threads(&prog).map_err(|e| err("apply", e))?;
             }
             namespace::wait_and_exit(child);

@@ -44,17 +44,57 @@ impl SeccompMode {
     }
 }
 
+fn mismatch_action(mode: SeccompMode) -> Option<SeccompAction> {
+    match mode {
+        SeccompMode::None => None,
+        SeccompMode::Kill => Some(SeccompAction::KillProcess),
+        SeccompMode::Log => Some(SeccompAction::Log),
+        SeccompMode::Trap => Some(SeccompAction::Trap),
+    }
+}
+
+fn arch() -> Result<TargetArch, String> {
+    std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("seccomp: {e:?}"))
+}
+
+/// The syscalls of the pid namespace's waiter (the launched process that only relays
+/// signals and waits, src/sandbox/namespace.rs): a thread class of its own, far tighter
+/// than the daemon's list.
+pub const WAITER: &[(&str, i64)] = &[
+    ("rt_sigtimedwait", libc::SYS_rt_sigtimedwait),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("rt_sigaction", libc::SYS_rt_sigaction),
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("restart_syscall", libc::SYS_restart_syscall),
+    ("wait4", libc::SYS_wait4),
+    ("kill", libc::SYS_kill),
+    ("getpid", libc::SYS_getpid),
+    ("exit_group", libc::SYS_exit_group),
+    ("exit", libc::SYS_exit),
+];
+
+/// The waiter's filter ([`WAITER`]), with `mode`'s action for anything else.
+pub fn build_waiter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
+    let Some(mismatch) = mismatch_action(mode) else {
+        return Ok(None);
+    };
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        WAITER.iter().map(|(_, nr)| (*nr, vec![])).collect();
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()?)
+        .map_err(|e| format!("seccomp: {e:?}"))?;
+    Ok(Some(
+        filter.try_into().map_err(|e| format!("seccomp: {e:?}"))?,
+    ))
+}
+
 /// The allowlist as a BPF program whose default action is `mode`'s.
 pub fn build(mode: SeccompMode, allow_umount: bool) -> Result<Option<BpfProgram>, String> {
-    let mismatch = match mode {
-        SeccompMode::None => return Ok(None),
-        SeccompMode::Kill => SeccompAction::KillProcess,
-        SeccompMode::Log => SeccompAction::Log,
-        SeccompMode::Trap => SeccompAction::Trap,
+    let Some(mismatch) = mismatch_action(mode) else {
+        return Ok(None);
     };
-    let arch: TargetArch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| format!("seccomp: {e:?}"))?;
+    let arch = arch()?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for (_, nr) in allowed() {
         rules.insert(*nr, vec![]);
