@@ -586,6 +586,8 @@ fn interrupted_push_leaves_no_manifest_and_a_rerun_completes_it() {
     // The network dies for good after 1.5 MB went up: during the 3 MB layer's blob.
     let p = CuttingProxy::start(reg.port, 1_500_000, true);
     let via = format!("127.0.0.1:{}/cut:v1", p.port);
+    let work = t.path().join("work");
+    let work = work.to_str().unwrap();
     let o = convert_cmd(
         &src,
         &via,
@@ -596,6 +598,8 @@ fn interrupted_push_leaves_no_manifest_and_a_rerun_completes_it() {
             "1",
             "--upload-chunk-size",
             "262144",
+            "--work-dir",
+            work,
         ],
     );
     assert!(!o.status.success(), "the push cannot finish");
@@ -609,10 +613,17 @@ fn interrupted_push_leaves_no_manifest_and_a_rerun_completes_it() {
     let r = json_of(&convert_cmd(
         &src,
         &dst,
-        &["--threads", "1", "--output-json"],
+        &["--threads", "1", "--output-json", "--work-dir", work],
     ));
     assert!(r["blobs_skipped"].as_u64().unwrap() >= 1, "{r}");
     assert!(r["blobs_pushed"].as_u64().unwrap() >= 1, "{r}");
+    // With the same --work-dir, the layers built before are reused, not read again.
+    assert_eq!(r["bytes_read"], 0, "{r}");
+    assert!(r["manifests"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["built"] == false));
     ok(&check_cmd(&src, &dst, &[]));
 
     // One cut mid-blob, then the network is back: the upload resumes where the registry

@@ -128,8 +128,27 @@ pub struct LayerSettings {
     pub key: String,
 }
 
+fn layer_dir(settings: &LayerSettings, source_digest: &str, dir: &Path) -> PathBuf {
+    let key = hex::encode(Sha256::digest(format!("{}|{source_digest}", settings.key)));
+    dir.join(&key[..32])
+}
+
+/// The layer built earlier into `dir` from `source_digest` with the same settings, if it
+/// is whole.
+pub fn built_before(
+    settings: &LayerSettings,
+    source_digest: &str,
+    dir: &Path,
+) -> Option<BuiltLayer> {
+    let t = std::fs::read(layer_dir(settings, source_digest, dir).join("layer.json")).ok()?;
+    let l = serde_json::from_slice::<BuiltLayer>(&t).ok()?;
+    (std::fs::metadata(&l.blob_path).is_ok_and(|m| m.len() == l.blob_size)
+        && l.bootstrap_path.exists())
+    .then_some(l)
+}
+
 /// Build the blob of one layer from `stream` (already verified by the caller's
-/// [`Verifying`] wrapper) into `dir`. Reuses an earlier result in `dir` with the same key.
+/// [`Verifying`] wrapper) into `dir` (see [`built_before`] for reuse).
 pub fn build_layer(
     settings: &LayerSettings,
     source_digest: &str,
@@ -137,18 +156,8 @@ pub fn build_layer(
     dir: &Path,
     threads: usize,
 ) -> Result<BuiltLayer, ConvertError> {
-    let key = hex::encode(Sha256::digest(format!("{}|{source_digest}", settings.key)));
-    let ldir = dir.join(&key[..32]);
+    let ldir = layer_dir(settings, source_digest, dir);
     let meta = ldir.join("layer.json");
-    if let Ok(t) = std::fs::read(&meta) {
-        if let Ok(l) = serde_json::from_slice::<BuiltLayer>(&t) {
-            if std::fs::metadata(&l.blob_path).is_ok_and(|m| m.len() == l.blob_size)
-                && l.bootstrap_path.exists()
-            {
-                return Ok(l);
-            }
-        }
-    }
     let io = |e: std::io::Error| ConvertError::Io(format!("{}: {e}", ldir.display()));
     let _ = std::fs::remove_dir_all(&ldir);
     std::fs::create_dir_all(&ldir).map_err(io)?;

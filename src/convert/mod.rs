@@ -465,6 +465,16 @@ impl Ctx<'_> {
                 ));
                 return Ok(None);
             }
+            if let Some(b) = layer::built_before(&self.settings, &digest, &self.work) {
+                self.progress.line(&format!(
+                    "layer {}/{n} {}: blob {} ({} bytes), reused",
+                    i + 1,
+                    short(&digest),
+                    short(&b.blob_id),
+                    b.blob_size
+                ));
+                return Ok(Some(BuiltLayer { built: false, ..b }));
+            }
             let bar = self
                 .progress
                 .bar(&format!("layer {}/{n} {}", i + 1, short(&digest)), d.size());
@@ -472,17 +482,14 @@ impl Ctx<'_> {
             let bar2 = bar.clone();
             r.on_read = Some(Box::new(move |x| bar2.set(x)));
             let built = layer::build_layer(&self.settings, &digest, &mut r, &self.work, per_build)?;
-            if built.built {
-                let read = r.finish()?;
-                self.bytes_read.fetch_add(read, Ordering::Relaxed);
-            }
+            let read = r.finish()?;
+            self.bytes_read.fetch_add(read, Ordering::Relaxed);
             bar.done(&format!(
-                "layer {}/{n} {}: blob {} ({} bytes){}",
+                "layer {}/{n} {}: blob {} ({} bytes)",
                 i + 1,
                 short(&digest),
                 short(&built.blob_id),
-                built.blob_size,
-                if built.built { "" } else { ", reused" }
+                built.blob_size
             ));
             Ok(Some(built))
         })
