@@ -174,6 +174,87 @@ fn bearer_token_and_refresh_on_401() {
     assert_eq!(be.metrics().to_json("registry")["auth_refreshes"], 2);
 }
 
+/// A forwarding HTTP proxy (as dfdaemon is for blob GETs): it passes each request on,
+/// headers and all, to the host it names.
+fn forwarding_proxy() -> FakeServer {
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    FakeServer::start("127.0.0.1", move |req| {
+        let host = req.header("host").unwrap().to_string();
+        let mut b = http.get(format!("http://{host}{}", req.path));
+        for (k, v) in &req.headers {
+            if !k.eq_ignore_ascii_case("host") && !k.eq_ignore_ascii_case("connection") {
+                b = b.header(k.as_str(), v.as_str());
+            }
+        }
+        let r = b.send().unwrap();
+        let mut rep = Reply::new(r.status().as_u16(), Vec::new());
+        for (k, v) in r.headers() {
+            if !["content-length", "connection", "transfer-encoding"].contains(&k.as_str()) {
+                rep = rep.header(k.as_str(), v.to_str().unwrap());
+            }
+        }
+        rep.body = r.bytes().unwrap().to_vec();
+        rep
+    })
+}
+
+/// Through the proxy, the origin's credentials still reach the registry: its 401 comes
+/// back through the proxy and starts the token dance, and a token that expires is
+/// refreshed the same way.
+#[test]
+fn bearer_tokens_reach_the_registry_through_the_proxy() {
+    let data = Arc::new(pseudo_random(20_000, 23));
+    let valid = Arc::new(AtomicUsize::new(1));
+    let origin = token_registry(data.clone(), valid.clone());
+    let proxy = forwarding_proxy();
+    let mut o = opts(&origin.addr, "img");
+    o.auth = Some(b64("u:p"));
+    o.proxy = Some(ProxyOptions {
+        url: format!("http://{}", proxy.addr),
+        ping_url: String::new(),
+        fallback: false,
+        check_interval: Duration::from_secs(60),
+        use_http: false,
+    });
+    let be = RegistryBackend::new(o).unwrap();
+    let mut buf = vec![0u8; 500];
+    be.read_range("abc", 100, &mut buf).unwrap();
+    assert_eq!(buf, data[100..600]);
+    valid.store(2, Ordering::SeqCst);
+    be.read_range("abc", 0, &mut buf).unwrap();
+    assert_eq!(buf, data[..500]);
+    let through: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/blobs/"))
+        .collect();
+    assert!(
+        through
+            .iter()
+            .any(|r| r.header("authorization") == Some("Bearer tok1")),
+        "the first token went through the proxy"
+    );
+    assert!(through
+        .iter()
+        .any(|r| r.header("authorization") == Some("Bearer tok2")));
+    assert!(
+        through
+            .iter()
+            .filter(|r| r.header("authorization").is_none())
+            .count()
+            >= 1,
+        "the first request, without a token, got its 401 through the proxy"
+    );
+    assert_eq!(be.metrics().to_json("registry")["auth_refreshes"], 2);
+    assert_eq!(
+        be.metrics().to_json("registry")["proxy_read_bytes"].as_u64(),
+        Some(1000)
+    );
+}
+
 #[test]
 fn redirect_to_another_host_drops_credentials() {
     let data = Arc::new(pseudo_random(10_000, 5));
