@@ -705,6 +705,44 @@ fn chunk_dict_image_makes_the_second_version_small() {
     ok(&check_cmd(&v2src, &format!("{h}/base:v2"), &[]));
 }
 
+/// Progress: bars on a terminal (run under `script`, which gives it a pty), plain lines
+/// otherwise.
+#[test]
+fn progress_bars_on_a_tty_and_lines_otherwise() {
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("src");
+    write_layout(&lay, "v1", &[("amd64", sample_layers(11))]);
+    let src = format!("oci:{}:v1", lay.display());
+    let o = convert_cmd(
+        &src,
+        &format!("oci:{}:n", t.path().join("a").display()),
+        &[],
+    );
+    let plain = ok(&o);
+    assert!(plain.contains("layer 1/3 "), "{plain}");
+    assert!(plain.contains("manifest "), "{plain}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "no escape codes off a terminal: {plain:?}"
+    );
+    let cmd = format!(
+        "DOCKER_CONFIG=/nonexistent {} convert --source {src} --target oci:{}:n",
+        env!("CARGO_BIN_EXE_rafs-image"),
+        t.path().join("b").display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (bsdutils)");
+    assert!(o.status.success(), "{o:?}");
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(tty.contains('\u{1b}'), "a terminal gets bars: {tty:?}");
+    assert!(
+        tty.contains("[=") || tty.contains("=]"),
+        "a drawn bar: {tty:?}"
+    );
+}
+
 #[test]
 fn docker_archive_to_oci_layout_and_a_tampered_blob() {
     let t = tempfile::tempdir().unwrap();
