@@ -127,6 +127,25 @@ fn kata_and_standalone_launches_are_confined() {
 }
 
 /// A child installs our filter, then calls execve, which is not on the allowlist.
+/// no_new_privs, then `prog` as this thread's seccomp filter: raw syscalls only, so it is
+/// safe between fork and exec. Returns the seccomp call's result.
+///
+/// # Safety
+/// Async-signal-safe; `prog` must be a valid filter.
+unsafe fn install_filter(prog: &seccompiler::BpfProgram) -> libc::c_long {
+    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    libc::syscall(
+        libc::SYS_seccomp,
+        libc::SECCOMP_SET_MODE_FILTER,
+        0,
+        &fprog as *const libc::sock_fprog,
+    )
+}
+
 fn run_filtered(mode: SeccompMode) -> std::process::ExitStatus {
     let prog = seccomp::build(mode, false).unwrap().unwrap();
     let mut c = Command::new("/bin/true");
@@ -134,18 +153,7 @@ fn run_filtered(mode: SeccompMode) -> std::process::ExitStatus {
     // prepared before the fork.
     unsafe {
         c.pre_exec(move || {
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-            let fprog = libc::sock_fprog {
-                len: prog.len() as u16,
-                filter: prog.as_ptr() as *mut libc::sock_filter,
-            };
-            if libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                &fprog as *const libc::sock_fprog,
-            ) != 0
-            {
+            if install_filter(&prog) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -181,18 +189,7 @@ fn the_waiter_filter_allows_waiting_and_nothing_else() {
             let pid = libc::fork();
             assert!(pid >= 0);
             if pid == 0 {
-                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                let fprog = libc::sock_fprog {
-                    len: prog.len() as u16,
-                    filter: prog.as_ptr() as *mut libc::sock_filter,
-                };
-                if libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0,
-                    &fprog as *const libc::sock_fprog,
-                ) != 0
-                {
+                if install_filter(&prog) != 0 {
                     libc::_exit(99);
                 }
                 libc::getpid();

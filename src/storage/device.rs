@@ -1008,28 +1008,38 @@ mod tests {
         assert_eq!(slow.reads.load(Ordering::SeqCst) - before, 1);
     }
 
+    /// A device over `blobs` with the shared `cache`, no amplification and no memory LRU (so
+    /// every read goes to the cache or the backend), counting backend reads.
+    fn cached_device(
+        img: &RafsImage,
+        blobs: &Path,
+        cache: Arc<ChunkCache>,
+        compressed: bool,
+    ) -> (BlobDevice, Arc<Slow>) {
+        let slow = Arc::new(Slow {
+            inner: LocalFsBackend::from_dir(blobs),
+            reads: AtomicU64::new(0),
+            delay: Duration::ZERO,
+        });
+        let ids = img.blobs().iter().map(|b| b.blob_id.clone()).collect();
+        let opts = DeviceOptions {
+            amplify_io: 0,
+            mem_cache_bytes: 0,
+            cache_compressed: compressed,
+            ..Default::default()
+        };
+        (
+            BlobDevice::new(img, ids, slow.clone(), Some(cache), opts).unwrap(),
+            slow,
+        )
+    }
+
     #[test]
     fn shared_cache_serves_and_dedups() {
         let t = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(t.path(), 0).unwrap();
         let (img, blobs) = fixture("v6-zstd-64k-base");
-        let mk = |cache: Arc<ChunkCache>| {
-            let slow = Arc::new(Slow {
-                inner: LocalFsBackend::from_dir(&blobs),
-                reads: AtomicU64::new(0),
-                delay: Duration::ZERO,
-            });
-            let ids = img.blobs().iter().map(|b| b.blob_id.clone()).collect();
-            let opts = DeviceOptions {
-                amplify_io: 0,
-                mem_cache_bytes: 0,
-                ..Default::default()
-            };
-            (
-                BlobDevice::new(&img, ids, slow.clone(), Some(cache), opts).unwrap(),
-                slow,
-            )
-        };
+        let mk = |cache: Arc<ChunkCache>| cached_device(&img, &blobs, cache, false);
         let (d1, s1) = mk(cache.clone());
         let n = img.blobs()[0].chunk_count;
         let mut first = Vec::new();
@@ -1100,24 +1110,7 @@ mod tests {
     fn a_compressed_cache_keeps_blob_bytes_and_serves_them_verified() {
         let t = tempfile::tempdir().unwrap();
         let (img, blobs) = fixture("v6-zstd-64k-base");
-        let mk = |cache: Arc<ChunkCache>| {
-            let slow = Arc::new(Slow {
-                inner: LocalFsBackend::from_dir(&blobs),
-                reads: AtomicU64::new(0),
-                delay: Duration::ZERO,
-            });
-            let ids = img.blobs().iter().map(|b| b.blob_id.clone()).collect();
-            let opts = DeviceOptions {
-                amplify_io: 0,
-                mem_cache_bytes: 0,
-                cache_compressed: true,
-                ..Default::default()
-            };
-            (
-                BlobDevice::new(&img, ids, slow.clone(), Some(cache), opts).unwrap(),
-                slow,
-            )
-        };
+        let mk = |cache: Arc<ChunkCache>| cached_device(&img, &blobs, cache, true);
         let (d1, _) = mk(ChunkCache::open(t.path(), 0).unwrap());
         let n = img.blobs()[0].chunk_count;
         let mut first = Vec::new();
