@@ -11,7 +11,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::layer::{decompressed, Verifying};
-use super::store::Source;
+use super::store::{HashWriter, Source};
 use super::{parse_manifest, platform_string, resolve_manifests, ConvertError, ImagePair, TempDir};
 use crate::rafs::manifest::{self as tm, LocalBlobs, ManifestOptions};
 use crate::rafs::RafsImage;
@@ -225,7 +225,7 @@ impl OciTree {
                 }
                 _ if kind == b'f' => {
                     let mut hs = Sha256::new();
-                    let n = std::io::copy(&mut e, &mut HashSink(&mut hs)).map_err(io)?;
+                    let n = std::io::copy(&mut e, &mut HashWriter(&mut hs)).map_err(io)?;
                     ent.size = n;
                     ent.digest = hex::encode(hs.finalize())[..24].to_string();
                 }
@@ -346,17 +346,6 @@ impl OciTree {
             out.insert(path, (line, e.implicit));
         }
         out
-    }
-}
-
-struct HashSink<'a>(&'a mut Sha256);
-impl std::io::Write for HashSink<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.update(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -395,7 +395,6 @@ struct Ctx<'a> {
     dst: &'a dyn Target,
     work: PathBuf,
     settings: LayerSettings,
-    dict_path: Option<PathBuf>,
     /// Blobs of the dictionary image: digest → size, and where to copy them from.
     dict_blobs: HashMap<String, u64>,
     dict_src: Option<Box<dyn Source>>,
@@ -526,7 +525,7 @@ impl Ctx<'_> {
         mo.blob_digests = Some(built.iter().map(|b| b.blob_id.clone()).collect());
         mo.blob_sizes = Some(built.iter().map(|b| b.blob_size).collect());
         mo.blob_toc_digests = Some(built.iter().map(|b| b.toc_digest.clone()).collect());
-        mo.chunk_dict = self.dict_path.clone();
+        mo.chunk_dict = self.settings.base.chunk_dict.clone();
         mo.implicit_dirs = built.iter().map(|b| b.implicit_dirs.clone()).collect();
         merge::merge(&mo).map_err(|e| ConvertError::Build(format!("merge: {e}")))?;
         // The blobs the merged bootstrap references, in blob-table order.
@@ -745,7 +744,7 @@ pub fn convert(o: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     base.version = o.version;
     base.compressor = o.compressor;
     base.chunk_size = o.chunk_size;
-    base.chunk_dict = dict_path.clone();
+    base.chunk_dict = dict_path;
     let settings = LayerSettings {
         key: format!(
             "v{:?}|{}|{}|{dict_key}",
@@ -761,7 +760,6 @@ pub fn convert(o: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         dst: dst.as_ref(),
         work: work.clone(),
         settings,
-        dict_path,
         dict_blobs,
         dict_src,
         progress,

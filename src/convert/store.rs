@@ -502,7 +502,8 @@ impl DockerArchive {
     }
 }
 
-struct HashWriter<'a>(&'a mut Sha256);
+/// A `Write` that feeds a SHA-256 (to hash a stream with `io::copy`).
+pub(crate) struct HashWriter<'a>(pub(crate) &'a mut Sha256);
 impl Write for HashWriter<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.0.update(b);
