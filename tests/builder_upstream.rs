@@ -78,30 +78,11 @@ fn nydusd_manifest(
     work: &Path,
     flags: &[&str],
 ) -> String {
-    let mnt = work.join("mnt");
-    let cache = work.join("cache");
-    std::fs::create_dir_all(&mnt).unwrap();
-    std::fs::create_dir_all(&cache).unwrap();
-    let cfg = work.join("nydusd.json");
-    let c = serde_json::json!({
-        "device": {
-            "backend": {"type": "localfs", "config": {"dir": blobs}},
-            "cache": {"type": "blobcache", "config": {"work_dir": cache}}
-        },
-        "mode": "direct", "digest_validate": false, "iostats_files": false, "enable_xattr": true
-    });
-    std::fs::write(&cfg, c.to_string()).unwrap();
-    builder_common::mounted_manifest(
-        Command::new(nydusd)
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--mountpoint")
-            .arg(&mnt)
-            .arg("--bootstrap")
-            .arg(boot)
-            .args(["--log-level", "warn", "--rlimit-nofile", "0"]),
-        &mnt,
-        &work.join("nydusd.log"),
+    builder_common::served_manifest(
+        &[nydusd.to_str().unwrap(), "--rlimit-nofile", "0"],
+        serde_json::json!({"type": "localfs", "config": {"dir": blobs}}),
+        boot,
+        work,
         flags,
     )
 }

@@ -28,9 +28,15 @@ use rafs_virtiofsd::convert::{self, check, is_nydus_manifest};
 use registry::Registry;
 
 fn rafs_image(args: &[&str]) -> Output {
+    rafs_image_with(args, Path::new("/nonexistent"))
+}
+
+/// `rafs-image ARGS` with `DOCKER_CONFIG=docker_config` (the tests never read the
+/// caller's own docker config).
+fn rafs_image_with(args: &[&str], docker_config: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rafs-image"))
         .args(args)
-        .env("DOCKER_CONFIG", "/nonexistent")
+        .env("DOCKER_CONFIG", docker_config)
         .output()
         .unwrap()
 }
@@ -46,6 +52,10 @@ fn check_cmd(src: &str, dst: &str, extra: &[&str]) -> Output {
 }
 
 fn image_cmd(cmd: &str, src: &str, dst: &str, extra: &[&str]) -> Output {
+    image_cmd_with(cmd, src, dst, extra, Path::new("/nonexistent"))
+}
+
+fn image_cmd_with(cmd: &str, src: &str, dst: &str, extra: &[&str], docker_config: &Path) -> Output {
     let local = |r: &str| r.starts_with("oci:") || r.starts_with("docker-archive:");
     let mut a = vec![cmd, "--source", src, "--target", dst];
     if !local(src) {
@@ -55,7 +65,7 @@ fn image_cmd(cmd: &str, src: &str, dst: &str, extra: &[&str]) -> Output {
         a.push("--target-insecure");
     }
     a.extend_from_slice(extra);
-    rafs_image(&a)
+    rafs_image_with(&a, docker_config)
 }
 
 fn ok(o: &Output) -> String {
@@ -308,24 +318,11 @@ fn basic_auth_from_flags_and_docker_config() {
         serde_json::json!({"auths": {h.clone(): {"auth": auth}}}).to_string(),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_rafs-image"))
-        .args(["convert", "--source", &src, "--target"])
-        .arg(format!("{h}/priv/app:n2"))
-        .args(["--source-insecure", "--target-insecure"])
-        .env("DOCKER_CONFIG", &dc)
-        .output()
-        .unwrap();
-    ok(&o);
+    let dst = format!("{h}/priv/app:n2");
+    ok(&image_cmd_with("convert", &src, &dst, &[], &dc));
     let m = manifest_of(&reg, "priv/app", "n2").unwrap();
     assert_nydus_shape(&reg, "priv/app", &m);
-    let o = Command::new(env!("CARGO_BIN_EXE_rafs-image"))
-        .args(["check", "--source", &src, "--target"])
-        .arg(format!("{h}/priv/app:n2"))
-        .args(["--source-insecure", "--target-insecure"])
-        .env("DOCKER_CONFIG", &dc)
-        .output()
-        .unwrap();
-    ok(&o);
+    ok(&image_cmd_with("check", &src, &dst, &[], &dc));
 }
 
 /// A registry that wants Bearer tokens: a forwarder in front of the real registry that
@@ -336,10 +333,7 @@ fn bearer_front(reg: &Registry) -> registry::FakeServer {
     let up = format!("http://{}", reg.host());
     let me: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
     let me2 = me.clone();
-    let http = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = registry::forwarding_client();
     let srv = registry::FakeServer::start("127.0.0.1", move |req| {
         let addr = me2.get().unwrap();
         if req.path.starts_with("/token") {
@@ -362,30 +356,7 @@ fn bearer_front(reg: &Registry) -> registry::FakeServer {
                 &format!(r#"Bearer realm="http://{addr}/token",service="test""#),
             );
         }
-        let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap();
-        let mut b = http
-            .request(method, format!("{up}{}", req.path))
-            .header("Host", addr.as_str())
-            .body(req.body.clone());
-        for (k, v) in &req.headers {
-            let k = k.to_ascii_lowercase();
-            if !["host", "authorization", "content-length", "connection"].contains(&k.as_str()) {
-                b = b.header(k, v);
-            }
-        }
-        let r = b.send().unwrap();
-        let mut rep = registry::Reply::new(r.status().as_u16(), Vec::new());
-        for (k, v) in r.headers() {
-            let k = k.as_str();
-            if k != "connection"
-                && k != "transfer-encoding"
-                && (req.method == "HEAD" || k != "content-length")
-            {
-                rep = rep.header(k, v.to_str().unwrap());
-            }
-        }
-        rep.body = r.bytes().unwrap().to_vec();
-        rep
+        registry::forward(&http, &up, req, Some(addr), &["authorization"])
     });
     me.set(srv.addr.clone()).unwrap();
     srv
@@ -781,31 +752,14 @@ fn served_tree(
     boot: &Path,
     work: &Path,
 ) -> std::collections::BTreeMap<Vec<u8>, String> {
-    let mnt = work.join("mnt");
-    let cache = work.join("cache");
-    std::fs::create_dir_all(&mnt).unwrap();
-    std::fs::create_dir_all(&cache).unwrap();
-    let cfg = work.join("daemon.json");
-    let c = serde_json::json!({
-        "device": {
-            "backend": {"type": "registry", "config": {"host": reg.host(), "repo": repo, "scheme": "http", "timeout": 5, "connect_timeout": 5, "retry_limit": 1}},
-            "cache": {"type": "blobcache", "config": {"work_dir": cache}}
-        },
-        "mode": "direct", "digest_validate": false, "iostats_files": false, "enable_xattr": true
-    });
-    std::fs::write(&cfg, c.to_string()).unwrap();
-    let lines = builder_common::mounted_manifest(
-        Command::new(argv[0])
-            .args(&argv[1..])
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--mountpoint")
-            .arg(&mnt)
-            .arg("--bootstrap")
-            .arg(boot)
-            .args(["--log-level", "warn"]),
-        &mnt,
-        &work.join("daemon.log"),
+    let lines = builder_common::served_manifest(
+        argv,
+        serde_json::json!({"type": "registry", "config": {
+            "host": reg.host(), "repo": repo, "scheme": "http",
+            "timeout": 5, "connect_timeout": 5, "retry_limit": 1
+        }}),
+        boot,
+        work,
         &[],
     );
     lines

@@ -177,27 +177,10 @@ fn bearer_token_and_refresh_on_401() {
 /// A forwarding HTTP proxy (as dfdaemon is for blob GETs): it passes each request on,
 /// headers and all, to the host it names.
 fn forwarding_proxy() -> FakeServer {
-    let http = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = registry::forwarding_client();
     FakeServer::start("127.0.0.1", move |req| {
         let host = req.header("host").unwrap().to_string();
-        let mut b = http.get(format!("http://{host}{}", req.path));
-        for (k, v) in &req.headers {
-            if !k.eq_ignore_ascii_case("host") && !k.eq_ignore_ascii_case("connection") {
-                b = b.header(k.as_str(), v.as_str());
-            }
-        }
-        let r = b.send().unwrap();
-        let mut rep = Reply::new(r.status().as_u16(), Vec::new());
-        for (k, v) in r.headers() {
-            if !["content-length", "connection", "transfer-encoding"].contains(&k.as_str()) {
-                rep = rep.header(k.as_str(), v.to_str().unwrap());
-            }
-        }
-        rep.body = r.bytes().unwrap().to_vec();
-        rep
+        registry::forward(&http, &format!("http://{host}"), req, None, &[])
     })
 }
 

@@ -1034,6 +1034,23 @@ mod tests {
         )
     }
 
+    /// A new daemon on the cache in `dir` (made by `mk`) finds chunk 5's file corrupt,
+    /// drops it, fetches the chunk once and serves `want`. Returns that cache.
+    fn chunk_5_is_refetched(
+        dir: &Path,
+        mk: &dyn Fn(Arc<ChunkCache>) -> (BlobDevice, Arc<Slow>),
+        want: &[u8],
+    ) -> Arc<ChunkCache> {
+        let cache = ChunkCache::open(dir, 0).unwrap();
+        let (d, s) = mk(cache.clone());
+        d.ci_array(0).unwrap();
+        let base = s.reads.load(Ordering::SeqCst);
+        assert_eq!(*d.read_chunk(&idx(5)).unwrap(), want);
+        assert_eq!(s.reads.load(Ordering::SeqCst), base + 1);
+        assert_eq!(cache.metrics().corrupt.load(Ordering::Relaxed), 1);
+        cache
+    }
+
     #[test]
     fn shared_cache_serves_and_dedups() {
         let t = tempfile::tempdir().unwrap();
@@ -1068,13 +1085,7 @@ mod tests {
             vec![0u8; c5.uncompressed_size as usize],
         )
         .unwrap();
-        let cache3 = ChunkCache::open(t.path(), 0).unwrap();
-        let (d3, s3) = mk(cache3.clone());
-        d3.ci_array(0).unwrap();
-        let base = s3.reads.load(Ordering::SeqCst);
-        assert_eq!(d3.read_chunk(&idx(5)).unwrap(), first[5]);
-        assert_eq!(s3.reads.load(Ordering::SeqCst), base + 1);
-        assert_eq!(cache3.metrics().corrupt.load(Ordering::Relaxed), 1);
+        let cache3 = chunk_5_is_refetched(t.path(), &mk, &first[5]);
         assert_eq!(std::fs::read(cache3.path_of(&key)).unwrap(), *first[5]);
     }
 
@@ -1154,13 +1165,7 @@ mod tests {
         let mid = b.len() / 2;
         b[mid] ^= 0xff;
         std::fs::write(&p, b).unwrap();
-        let cache3 = ChunkCache::open(t.path(), 0).unwrap();
-        let (d3, s3) = mk(cache3.clone());
-        d3.ci_array(0).unwrap();
-        let base = s3.reads.load(Ordering::SeqCst);
-        assert_eq!(d3.read_chunk(&idx(5)).unwrap(), first[5]);
-        assert_eq!(s3.reads.load(Ordering::SeqCst), base + 1);
-        assert_eq!(cache3.metrics().corrupt.load(Ordering::Relaxed), 1);
+        chunk_5_is_refetched(t.path(), &mk, &first[5]);
     }
 
     #[test]

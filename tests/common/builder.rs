@@ -109,3 +109,43 @@ pub fn mounted_manifest(cmd: &mut Command, mnt: &Path, log: &Path, flags: &[&str
     );
     m
 }
+
+/// Mount `boot` with a nydusd-style FUSE daemon (`argv`: the program and its leading
+/// arguments, e.g. `[nydusd, "--rlimit-nofile", "0"]` or `[rafs-virtiofsd, "fuse"]`) over
+/// `backend` (nydusd's `device.backend` JSON), with a blobcache in `work/cache`, and return
+/// `treemanifest.py MNT FLAGS` of the mounted tree ([`mounted_manifest`]).
+pub fn served_manifest(
+    argv: &[&str],
+    backend: serde_json::Value,
+    boot: &Path,
+    work: &Path,
+    flags: &[&str],
+) -> String {
+    let mnt = work.join("mnt");
+    let cache = work.join("cache");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&cache).unwrap();
+    let cfg = work.join("daemon.json");
+    let c = serde_json::json!({
+        "device": {
+            "backend": backend,
+            "cache": {"type": "blobcache", "config": {"work_dir": cache}}
+        },
+        "mode": "direct", "digest_validate": false, "iostats_files": false, "enable_xattr": true
+    });
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    mounted_manifest(
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--mountpoint")
+            .arg(&mnt)
+            .arg("--bootstrap")
+            .arg(boot)
+            .args(["--log-level", "warn"]),
+        &mnt,
+        &work.join("daemon.log"),
+        flags,
+    )
+}

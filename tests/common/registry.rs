@@ -483,3 +483,52 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Pass `req` on to `base` (`http://host:port`) with its method, body and headers (less
+/// `drop_headers` and the hop-by-hop ones), as `host` when given, and return the answer
+/// as a [`Reply`]. For [`FakeServer`] handlers that front a real server.
+pub fn forward(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    req: &SeenRequest,
+    host: Option<&str>,
+    drop_headers: &[&str],
+) -> Reply {
+    let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap();
+    let mut b = http
+        .request(method, format!("{base}{}", req.path))
+        .body(req.body.clone());
+    if let Some(h) = host {
+        b = b.header("Host", h);
+    }
+    for (k, v) in &req.headers {
+        let k = k.to_ascii_lowercase();
+        if !["host", "content-length", "connection"].contains(&k.as_str())
+            && !drop_headers.contains(&k.as_str())
+        {
+            b = b.header(k, v);
+        }
+    }
+    let r = b.send().unwrap();
+    let mut rep = Reply::new(r.status().as_u16(), Vec::new());
+    for (k, v) in r.headers() {
+        let k = k.as_str();
+        // A HEAD answer keeps its Content-Length (FakeServer sends no body for it).
+        if k != "connection"
+            && k != "transfer-encoding"
+            && (req.method == "HEAD" || k != "content-length")
+        {
+            rep = rep.header(k, v.to_str().unwrap());
+        }
+    }
+    rep.body = r.bytes().unwrap().to_vec();
+    rep
+}
+
+/// A client for [`forward`] that does not follow redirects (the caller sees them).
+pub fn forwarding_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
