@@ -3,8 +3,12 @@
 //! node ids and open handles keep working. And the fd count stays bounded whatever the guest
 //! looks up.
 
+#[path = "common/fdcount.rs"]
+mod fdcount;
+
 use std::ffi::CString;
 
+use fdcount::open_fds;
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, SetattrValid};
 use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use rafs_virtiofsd::fs::passthrough::{Config, PassthroughFs};
@@ -22,6 +26,7 @@ fn new_fs(root: &std::path::Path) -> PassthroughFs {
 
 #[test]
 fn export_import_keeps_node_ids_and_handles() {
+    let _fds = fdcount::shared();
     let share = tempfile::tempdir().unwrap();
     let h = share.path();
     std::fs::create_dir_all(h.join("a/b")).unwrap();
@@ -131,15 +136,12 @@ fn export_import_keeps_node_ids_and_handles() {
     assert!(fs2.import_bytes(b"not json").is_err());
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 /// Looking up 100,000 files (and keeping every lookup, as a guest with a big dentry cache
 /// does) under a soft RLIMIT_NOFILE of 1,024 never fails and holds at most the fd cache's
 /// worth of fds: the inodes are remembered by handle.
 #[test]
 fn lookups_of_many_files_hold_a_bounded_number_of_fds() {
+    let _fds = fdcount::exclusive();
     let share = tempfile::tempdir().unwrap();
     let h = share.path();
     let n_dirs = 100;
