@@ -83,6 +83,9 @@ pub struct ProxyConfig {
     /// Seconds between health checks (0: backend default).
     pub check_interval: u64,
     pub use_http: bool,
+    /// Our extension: send `X-Dragonfly-Prefetch: true` so that dfdaemon fetches the whole
+    /// blob peer to peer (see docs/p2p.md).
+    pub prefetch: bool,
 }
 
 /// One registry mirror.
@@ -162,6 +165,7 @@ impl RegistryConfig {
                 fallback: self.proxy.fallback,
                 check_interval: Duration::from_secs(self.proxy.check_interval),
                 use_http: self.proxy.use_http,
+                prefetch: self.proxy.prefetch,
             }),
             mirrors: self
                 .mirrors
@@ -669,7 +673,14 @@ impl Parser {
                 }
                 let proxy = c.obj("proxy")?;
                 proxy.check(
-                    &["url", "ping_url", "fallback", "check_interval", "use_http"],
+                    &[
+                        "url",
+                        "ping_url",
+                        "fallback",
+                        "check_interval",
+                        "use_http",
+                        "prefetch",
+                    ],
                     self,
                 );
                 let mirrors = self.mirrors(c)?;
@@ -689,6 +700,7 @@ impl Parser {
                         fallback: proxy.boolean(&["fallback"], false)?,
                         check_interval: proxy.uint_max(&["check_interval"], 0, 86400)?,
                         use_http: proxy.boolean(&["use_http"], false)?,
+                        prefetch: proxy.boolean(&["prefetch"], false)?,
                     },
                     mirrors,
                     blob_url_scheme,

@@ -201,6 +201,7 @@ fn bearer_tokens_reach_the_registry_through_the_proxy() {
         fallback: false,
         check_interval: Duration::from_secs(60),
         use_http: false,
+        prefetch: false,
     });
     let be = RegistryBackend::new(o).unwrap();
     let mut buf = vec![0u8; 500];
@@ -349,6 +350,7 @@ fn proxy_is_used_and_fallback_reaches_the_origin() {
         fallback: true,
         check_interval: Duration::from_millis(100),
         use_http: false,
+        prefetch: false,
     });
     let be = RegistryBackend::new(o).unwrap();
     let mut buf = vec![0u8; 100];
@@ -370,6 +372,7 @@ fn proxy_is_used_and_fallback_reaches_the_origin() {
         fallback: true,
         check_interval: Duration::from_millis(50),
         use_http: false,
+        prefetch: false,
     });
     let be = RegistryBackend::new(o).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -413,6 +416,7 @@ fn proxy_answers_that_are_not_the_range_fall_back_to_the_origin() {
         fallback,
         check_interval: Duration::from_secs(60),
         use_http: false,
+        prefetch: false,
     };
     let mut o = opts(&origin.addr, "img");
     o.proxy = Some(proxy_opts(true));
@@ -446,6 +450,56 @@ fn proxy_answers_that_are_not_the_range_fall_back_to_the_origin() {
         assert!(!e.is_empty());
     }
     assert_eq!(origin.requests().len(), 3, "no fallback without `fallback`");
+}
+
+/// With `prefetch`, proxied range requests carry `X-Dragonfly-Prefetch: true` (dfdaemon v2
+/// shares ranges of 4 MiB or less only then), and requests straight to the origin never do.
+/// Answers from dfdaemon's P2P engine are counted, and those from a peer that held the
+/// whole blob are counted as hits.
+#[test]
+fn prefetch_header_goes_to_the_proxy_and_p2p_answers_are_counted() {
+    let data = Arc::new(pseudo_random(8000, 29));
+    let d2 = data.clone();
+    let origin = FakeServer::start("127.0.0.1", move |req| range_reply(req, &d2));
+    let d3 = data.clone();
+    let proxy = FakeServer::start("127.0.0.1", move |req| {
+        let r = range_reply(req, &d3).header("X-Dragonfly-Task-ID", "t1");
+        match req.header("range") {
+            Some("bytes=0-99") => r,
+            _ => r.header("X-Dragonfly-Task-Download-Finished", "true"),
+        }
+    });
+    for prefetch in [false, true] {
+        let mut o = opts(&origin.addr, "img");
+        o.proxy = Some(ProxyOptions {
+            url: format!("http://{}", proxy.addr),
+            check_interval: Duration::from_secs(60),
+            prefetch,
+            ..Default::default()
+        });
+        let be = RegistryBackend::new(o).unwrap();
+        let mut buf = vec![0u8; 100];
+        for off in [0u64, 100, 200] {
+            be.read_range("abc", off, &mut buf).unwrap();
+            assert_eq!(buf, data[off as usize..off as usize + 100]);
+        }
+        let m = be.metrics().to_json("registry");
+        assert_eq!(m["proxy_p2p_reads"].as_u64(), Some(3));
+        assert_eq!(m["proxy_p2p_hits"].as_u64(), Some(2));
+        assert_eq!(m["proxy_read_bytes"].as_u64(), Some(300));
+    }
+    let flags: Vec<Option<String>> = proxy
+        .requests()
+        .iter()
+        .map(|r| r.header("x-dragonfly-prefetch").map(str::to_owned))
+        .collect();
+    assert_eq!(flags.len(), 6);
+    assert!(flags[..3].iter().all(Option::is_none), "{flags:?}");
+    assert!(
+        flags[3..].iter().all(|f| f.as_deref() == Some("true")),
+        "{flags:?}"
+    );
+    assert!(origin.requests().is_empty());
 }
 
 #[test]

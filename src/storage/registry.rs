@@ -39,6 +39,10 @@ pub struct ProxyOptions {
     pub check_interval: Duration,
     /// Send blob requests through the proxy as plain http (dfdaemon intercepts http only).
     pub use_http: bool,
+    /// Send `X-Dragonfly-Prefetch: true` on proxied range requests: dfdaemon then fetches the
+    /// whole blob as one P2P task in the background. Without it, dfdaemon v2 sends ranges of
+    /// 4 MiB or less straight to the origin and no peer ever serves them.
+    pub prefetch: bool,
 }
 
 /// One registry mirror (nydusd's `mirrors` entries).
@@ -108,6 +112,13 @@ pub struct BackendMetrics {
     pub proxy_fallbacks: AtomicU64,
     /// Blob bytes that came through the proxy (dfdaemon), not from the origin.
     pub proxy_read_bytes: AtomicU64,
+    /// Proxied answers that dfdaemon's P2P engine served (they carry `X-Dragonfly-Task-ID`),
+    /// as opposed to requests it passed straight through.
+    pub proxy_p2p_reads: AtomicU64,
+    /// P2P answers from a peer that already held the whole blob
+    /// (`X-Dragonfly-Task-Download-Finished: true`): neither the origin nor another peer was
+    /// asked.
+    pub proxy_p2p_hits: AtomicU64,
     /// Request latency histogram, buckets per [`LATENCY_BUCKETS_MS`] plus one open bucket.
     pub latency: [AtomicU64; 9],
 }
@@ -138,6 +149,8 @@ impl BackendMetrics {
             "auth_refreshes": self.auth_refreshes.load(Ordering::Relaxed),
             "proxy_fallbacks": self.proxy_fallbacks.load(Ordering::Relaxed),
             "proxy_read_bytes": self.proxy_read_bytes.load(Ordering::Relaxed),
+            "proxy_p2p_reads": self.proxy_p2p_reads.load(Ordering::Relaxed),
+            "proxy_p2p_hits": self.proxy_p2p_hits.load(Ordering::Relaxed),
             "latency_buckets_ms": LATENCY_BUCKETS_MS,
             "latency_histogram": l,
         })
@@ -527,7 +540,8 @@ impl Inner {
         direct: bool,
     ) -> std::result::Result<((Option<u64>, Vec<u8>), bool), (Failure, bool)> {
         let (client, use_http, proxied) = self.client(direct);
-        self.attempt_with(ep, client, use_http, path, blob_id, range, head)
+        let prefetch = proxied && self.opts.proxy.as_ref().is_some_and(|p| p.prefetch);
+        self.attempt_with(ep, client, use_http, prefetch, path, blob_id, range, head)
             .await
             .map(|v| (v, proxied))
             .map_err(|f| (f, proxied))
@@ -539,6 +553,7 @@ impl Inner {
         ep: &Endpoint,
         client: &reqwest::Client,
         use_http: bool,
+        prefetch: bool,
         path: &str,
         blob_id: &str,
         range: Option<(u64, u64)>,
@@ -570,6 +585,9 @@ impl Inner {
             req = req.headers(ep.headers.clone());
             if let Some((off, len)) = range {
                 req = req.header(RANGE, format!("bytes={}-{}", off, off + len - 1));
+                if prefetch {
+                    req = req.header("X-Dragonfly-Prefetch", "true");
+                }
             }
             // Credentials go only to the host they were issued for.
             if origin && same_host {
@@ -655,6 +673,16 @@ impl Inner {
             }
             s if !s.is_success() => return Err(fatal(format!("blob {blob_id}: HTTP {s}"))),
             _ => {}
+        }
+        if resp.headers().contains_key("x-dragonfly-task-id") {
+            self.metrics.proxy_p2p_reads.fetch_add(1, Ordering::Relaxed);
+            if resp
+                .headers()
+                .get("x-dragonfly-task-download-finished")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+            {
+                self.metrics.proxy_p2p_hits.fetch_add(1, Ordering::Relaxed);
+            }
         }
         // Not `content_length()`: for HEAD that is the (empty) body's size.
         let len = resp
