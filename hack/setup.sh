@@ -4,6 +4,9 @@
 set -euo pipefail
 PKGS=(qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio docker-registry skopeo fio
       erofs-utils fuse3 attr gcc libc6-dev python3 curl apache2-utils openssl libarchive-tools)
+# The P2P test's stand-in scheduler (feature p2p-test, on when DFDAEMON is set) builds
+# Dragonfly's protos.
+[ -n "${DFDAEMON:-}" ] && PKGS+=(protobuf-compiler)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -133,6 +133,12 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Stop serving (an outage); the access log stays readable.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn auth_header(&self) -> Option<String> {
         use base64::Engine;
         self.basic.as_ref().map(|(u, p)| {

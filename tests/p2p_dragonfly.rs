@@ -1,0 +1,680 @@
+//! P2P through real Dragonfly peers (dfdaemon v2, `DFDAEMON`): two "hosts" on loopback,
+//! A on 127.0.0.1 and B on 127.0.0.2, each with its own RAFS reader, cache dir and dfdaemon,
+//! over one real docker-registry.
+//!
+//! - Host A (a `rafs-virtiofsd fuse` process) reads the whole image cold.
+//! - Host B (the same RAFS code in this process, so the test can stop the registry between
+//!   two reads and read B's counters) then reads the same files. The registry's access log
+//!   must show B fetched at most 10% of the bytes A fetched, and every byte matches.
+//! - The registry goes down while B reads: B's reads are served from A's peer, and a blob
+//!   nobody holds gives EIO within the timeout, never a wrong byte.
+//!
+//! dfdaemon does not start without a scheduler, and Dragonfly's scheduler is Go, which cannot
+//! be built here. [`standin`] is *our test code*, not Dragonfly's: a minimal scheduler built
+//! from the `dragonfly-api` crate's protos. It answers the gRPC health check and
+//! AnnounceHost, tells a task's first peer to go back to source, and gives later peers the
+//! peers that finished the task. Nothing else.
+//!
+//! Built with `--features p2p-test` (the API crate needs `protoc`); hack/test.sh turns the
+//! feature on when DFDAEMON is set. Without either, the test reports itself skipped.
+
+#[cfg(not(feature = "p2p-test"))]
+#[path = "common/skip.rs"]
+mod skip;
+#[cfg(feature = "p2p-test")]
+use rafs_support::skip;
+
+#[cfg(feature = "p2p-test")]
+#[path = "common/builder.rs"]
+mod builder_common;
+#[cfg(feature = "p2p-test")]
+mod rafs_support;
+#[cfg(feature = "p2p-test")]
+#[path = "common/registry.rs"]
+mod registry;
+
+#[cfg(feature = "p2p-test")]
+mod standin {
+    //! The stand-in scheduler (see the file's header: test code, deliberately minimal).
+
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use dragonfly_api::common::v2::{
+        CachePeer, CacheTask, Host, Peer, PersistentCachePeer, PersistentCacheTask, PersistentPeer,
+        PersistentTask, Task,
+    };
+    use dragonfly_api::scheduler::v2::announce_peer_request::Request as In;
+    use dragonfly_api::scheduler::v2::announce_peer_response::Response as Out;
+    use dragonfly_api::scheduler::v2::scheduler_server::{Scheduler, SchedulerServer};
+    use dragonfly_api::scheduler::v2::*;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// One scheduling answer, for the test's assertions.
+    #[derive(Clone, Debug)]
+    pub struct Decision {
+        pub host: String,
+        /// Host ids of the candidate parents given; empty = back to source.
+        pub parents: Vec<String>,
+    }
+
+    #[derive(Default)]
+    pub struct State {
+        hosts: HashMap<String, Host>,
+        /// Task id → (peer id, host id) of the peers that finished it.
+        finished: HashMap<String, Vec<(String, String)>>,
+        pub decisions: Vec<Decision>,
+    }
+
+    impl State {
+        /// Host ids that finished some task, and the host id announced for `ip`.
+        pub fn finished_hosts(&self) -> Vec<String> {
+            self.finished
+                .values()
+                .flatten()
+                .map(|(_, h)| h.clone())
+                .collect()
+        }
+
+        pub fn host_of(&self, ip: &str) -> Option<String> {
+            self.hosts
+                .values()
+                .find(|h| h.ip == ip)
+                .map(|h| h.id.clone())
+        }
+
+        fn on_message(&mut self, m: &AnnouncePeerRequest) -> Option<AnnouncePeerResponse> {
+            match &m.request {
+                Some(In::RegisterPeerRequest(_)) | Some(In::ReschedulePeerRequest(_)) => {
+                    let rescheduled = matches!(m.request, Some(In::ReschedulePeerRequest(_)));
+                    let parents: Vec<Peer> = if rescheduled {
+                        Vec::new()
+                    } else {
+                        self.finished
+                            .get(&m.task_id)
+                            .into_iter()
+                            .flatten()
+                            .filter(|(_, h)| *h != m.host_id)
+                            .filter_map(|(p, h)| {
+                                Some(Peer {
+                                    id: p.clone(),
+                                    host: Some(self.hosts.get(h)?.clone()),
+                                    ..Default::default()
+                                })
+                            })
+                            .collect()
+                    };
+                    self.decisions.push(Decision {
+                        host: m.host_id.clone(),
+                        parents: parents
+                            .iter()
+                            .filter_map(|p| p.host.as_ref().map(|h| h.id.clone()))
+                            .collect(),
+                    });
+                    let response = if parents.is_empty() {
+                        Out::NeedBackToSourceResponse(NeedBackToSourceResponse {
+                            description: Some("stand-in: no peer has finished this task".into()),
+                        })
+                    } else {
+                        Out::NormalTaskResponse(NormalTaskResponse {
+                            candidate_parents: parents,
+                        })
+                    };
+                    Some(AnnouncePeerResponse {
+                        response: Some(response),
+                    })
+                }
+                Some(In::DownloadPeerFinishedRequest(_))
+                | Some(In::DownloadPeerBackToSourceFinishedRequest(_)) => {
+                    self.finished
+                        .entry(m.task_id.clone())
+                        .or_default()
+                        .push((m.peer_id.clone(), m.host_id.clone()));
+                    None
+                }
+                _ => None,
+            }
+        }
+    }
+
+    #[derive(Clone, Default)]
+    pub struct StandIn {
+        pub state: Arc<Mutex<State>>,
+    }
+
+    /// The trait has ~35 methods; everything but the few dfdaemon needs here answers
+    /// UNIMPLEMENTED. (Generated as one impl so `async_trait` sees every method.)
+    macro_rules! scheduler_impl {
+        ({ $($items:tt)* } unsupported { $($name:ident($req:ty) -> $resp:ty;)* }) => {
+            #[tonic::async_trait]
+            impl Scheduler for StandIn {
+                $($items)*
+                $(async fn $name(&self, _: Request<$req>) -> Result<Response<$resp>, Status> {
+                    Err(Status::unimplemented(concat!("stand-in scheduler: ", stringify!($name))))
+                })*
+            }
+        };
+    }
+
+    type Stream<T> = ReceiverStream<Result<T, Status>>;
+
+    scheduler_impl!({
+        type AnnouncePeerStream = Stream<AnnouncePeerResponse>;
+        type AnnounceCachePeerStream = Stream<AnnounceCachePeerResponse>;
+        type AnnouncePersistentPeerStream = Stream<AnnouncePersistentPeerResponse>;
+        type AnnouncePersistentCachePeerStream = Stream<AnnouncePersistentCachePeerResponse>;
+
+        async fn announce_peer(
+            &self,
+            req: Request<Streaming<AnnouncePeerRequest>>,
+        ) -> Result<Response<Self::AnnouncePeerStream>, Status> {
+            let mut inbound = req.into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = inbound.message().await {
+                    let answer = state.lock().unwrap().on_message(&m);
+                    if let Some(a) = answer {
+                        if tx.send(Ok(a)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+
+        async fn announce_host(
+            &self,
+            req: Request<AnnounceHostRequest>,
+        ) -> Result<Response<()>, Status> {
+            if let Some(h) = req.into_inner().host {
+                self.state.lock().unwrap().hosts.insert(h.id.clone(), h);
+            }
+            Ok(Response::new(()))
+        }
+
+        async fn delete_host(&self, _: Request<DeleteHostRequest>) -> Result<Response<()>, Status> {
+            Ok(Response::new(()))
+        }
+
+        async fn delete_peer(&self, _: Request<DeletePeerRequest>) -> Result<Response<()>, Status> {
+            Ok(Response::new(()))
+        }
+
+        async fn delete_task(&self, _: Request<DeleteTaskRequest>) -> Result<Response<()>, Status> {
+            Ok(Response::new(()))
+        }
+    } unsupported {
+        stat_peer(StatPeerRequest) -> Peer;
+        stat_task(StatTaskRequest) -> Task;
+        list_hosts(ListHostsRequest) -> ListHostsResponse;
+        announce_cache_peer(Streaming<AnnounceCachePeerRequest>) -> Self::AnnounceCachePeerStream;
+        stat_cache_peer(StatCachePeerRequest) -> CachePeer;
+        delete_cache_peer(DeleteCachePeerRequest) -> ();
+        stat_cache_task(StatCacheTaskRequest) -> CacheTask;
+        delete_cache_task(DeleteCacheTaskRequest) -> ();
+        announce_persistent_peer(Streaming<AnnouncePersistentPeerRequest>) -> Self::AnnouncePersistentPeerStream;
+        stat_persistent_peer(StatPersistentPeerRequest) -> PersistentPeer;
+        delete_persistent_peer(DeletePersistentPeerRequest) -> ();
+        upload_persistent_task_started(UploadPersistentTaskStartedRequest) -> ();
+        upload_persistent_task_finished(UploadPersistentTaskFinishedRequest) -> PersistentTask;
+        upload_persistent_task_failed(UploadPersistentTaskFailedRequest) -> ();
+        stat_persistent_task(StatPersistentTaskRequest) -> PersistentTask;
+        delete_persistent_task(DeletePersistentTaskRequest) -> ();
+        announce_persistent_cache_peer(Streaming<AnnouncePersistentCachePeerRequest>) -> Self::AnnouncePersistentCachePeerStream;
+        stat_persistent_cache_peer(StatPersistentCachePeerRequest) -> PersistentCachePeer;
+        delete_persistent_cache_peer(DeletePersistentCachePeerRequest) -> ();
+        upload_persistent_cache_task_started(UploadPersistentCacheTaskStartedRequest) -> ();
+        upload_persistent_cache_task_finished(UploadPersistentCacheTaskFinishedRequest) -> PersistentCacheTask;
+        upload_persistent_cache_task_failed(UploadPersistentCacheTaskFailedRequest) -> ();
+        stat_persistent_cache_task(StatPersistentCacheTaskRequest) -> PersistentCacheTask;
+        delete_persistent_cache_task(DeletePersistentCacheTaskRequest) -> ();
+        preheat_image(PreheatImageRequest) -> ();
+        stat_image(StatImageRequest) -> StatImageResponse;
+        preheat_file(PreheatFileRequest) -> ();
+        stat_file(StatFileRequest) -> StatFileResponse;
+    });
+
+    /// Serve the stand-in (and the gRPC health service) on 127.0.0.1 from `rt`.
+    pub fn serve(rt: &tokio::runtime::Runtime) -> (StandIn, SocketAddr) {
+        let s = StandIn::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = s.clone();
+        rt.spawn(async move {
+            let (reporter, health) = tonic_health::server::health_reporter();
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            reporter.set_serving::<SchedulerServer<StandIn>>().await;
+            let incoming = tonic::transport::server::TcpIncoming::from(
+                tokio::net::TcpListener::from_std(listener).unwrap(),
+            );
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(SchedulerServer::new(svc))
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+        (s, addr)
+    }
+}
+
+#[cfg(feature = "p2p-test")]
+mod p2p {
+    use std::ffi::OsString;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use fuse_backend_rs::api::filesystem::FileSystem;
+    use rafs_virtiofsd::config::RafsConfig;
+    use rafs_virtiofsd::fs::rafs::RafsFs;
+    use rafs_virtiofsd::rafs::RafsImage;
+
+    use super::builder_common::{rafs_image, run, served_manifest};
+    use super::rafs_support::{cstr, ctx, read_all};
+    use super::registry::{free_port, Registry};
+    use super::standin;
+
+    /// One dfdaemon peer bound to `ip`, with its own dirs and ports.
+    struct Dfdaemon {
+        child: Child,
+        dir: tempfile::TempDir,
+        ip: &'static str,
+        proxy: u16,
+        health: u16,
+        metrics: u16,
+    }
+
+    impl Dfdaemon {
+        fn start(bin: &OsString, ip: &'static str, name: &str, scheduler: &str) -> Dfdaemon {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            let (upload, proxy, health, metrics, stats, tcp, quic) = (
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+            );
+            let cfg = format!(
+                "host:\n  hostname: {name}\n  ip: {ip}\n\
+                 server:\n  pluginDir: {d}/plugins\n  cacheDir: {d}/cache\n\
+                 download:\n  server:\n    socketPath: {d}/dfdaemon.sock\n\
+                 upload:\n  server:\n    ip: {ip}\n    port: {upload}\n\
+                 storage:\n  server:\n    ip: {ip}\n    tcpPort: {tcp}\n    quicPort: {quic}\n  dir: {d}/storage\n  keep: false\n\
+                 health:\n  server:\n    ip: {ip}\n    port: {health}\n\
+                 metrics:\n  server:\n    ip: {ip}\n    port: {metrics}\n\
+                 stats:\n  server:\n    ip: {ip}\n    port: {stats}\n\
+                 proxy:\n  server:\n    ip: {ip}\n    port: {proxy}\n  rules:\n    - regex: 'blobs/sha256.*'\n",
+                d = d.display()
+            );
+            std::fs::write(d.join("dfdaemon.yaml"), cfg).unwrap();
+            std::fs::write(
+                d.join("dynconfig.yaml"),
+                format!("scheduler:\n  addr: '{scheduler}'\n"),
+            )
+            .unwrap();
+            let log = std::fs::File::create(d.join("stdout.log")).unwrap();
+            let child = Command::new(bin)
+                .arg("--config")
+                .arg(d.join("dfdaemon.yaml"))
+                .arg("--dynconfig")
+                .arg(d.join("dynconfig.yaml"))
+                .arg("--log-dir")
+                .arg(d.join("log"))
+                .args(["--log-level", "info"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("spawn DFDAEMON");
+            let mut me = Dfdaemon {
+                child,
+                dir,
+                ip,
+                proxy,
+                health,
+                metrics,
+            };
+            me.wait_healthy();
+            me
+        }
+
+        fn wait_healthy(&mut self) {
+            let url = format!("http://{}:{}/healthy", self.ip, self.health);
+            let t0 = Instant::now();
+            loop {
+                if reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
+                    return;
+                }
+                if let Ok(Some(st)) = self.child.try_wait() {
+                    panic!("dfdaemon on {} exited ({st}): {}", self.ip, self.logs());
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "dfdaemon on {} not healthy after 60 s: {}",
+                    self.ip,
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+
+        fn logs(&self) -> String {
+            let mut s =
+                std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default();
+            for e in walk(&self.dir.path().join("log")) {
+                s += &std::fs::read_to_string(e).unwrap_or_default();
+            }
+            let n = s.len();
+            s[n.saturating_sub(6000)..].to_string()
+        }
+
+        fn proxy_url(&self) -> String {
+            format!("http://{}:{}", self.ip, self.proxy)
+        }
+
+        fn ping_url(&self) -> String {
+            format!("http://{}:{}/healthy", self.ip, self.health)
+        }
+
+        /// dfdaemon's Prometheus text.
+        fn metrics(&self) -> String {
+            reqwest::blocking::get(format!("http://{}:{}/metrics", self.ip, self.metrics))
+                .and_then(|r| r.text())
+                .unwrap_or_default()
+        }
+    }
+
+    impl Drop for Dfdaemon {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Regular files under `dir`, sorted.
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let ft = e.file_type().unwrap();
+                if ft.is_dir() {
+                    stack.push(e.path());
+                } else if ft.is_file() {
+                    out.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// `rafs-image create` of a mktree.py tree; returns (source dir, bootstrap, blob dir).
+    fn build_image(
+        work: &Path,
+        name: &str,
+        seed: &str,
+        big_mib: &str,
+        files: &str,
+    ) -> (PathBuf, PathBuf, PathBuf) {
+        let src = work.join(format!("{name}-src"));
+        run(Command::new("python3")
+            .arg(super::builder_common::tools().join("mktree.py"))
+            .arg(&src)
+            .arg(seed)
+            .args(["--big", big_mib, "--files", files, "--chunk", "1048576"]));
+        let boot = work.join(format!("{name}.boot"));
+        let blobs = work.join(format!("{name}-blobs"));
+        run(rafs_image()
+            .arg("create")
+            .args(["--chunk-size", "0x100000", "--bootstrap"])
+            .arg(&boot)
+            .arg("--blob-dir")
+            .arg(&blobs)
+            .arg(&src));
+        (src, boot, blobs)
+    }
+
+    fn push(reg: &Registry, boot: &Path, blobs: &Path, repo: &str) -> Vec<(String, u64)> {
+        let img = RafsImage::open(boot).unwrap();
+        img.blobs()
+            .iter()
+            .map(|b| {
+                let data = std::fs::read(blobs.join(&b.blob_id)).unwrap();
+                assert_eq!(reg.push_blob(repo, &data), b.blob_id);
+                (b.blob_id.clone(), data.len() as u64)
+            })
+            .collect()
+    }
+
+    fn backend_json(reg: &str, repo: &str, peer: &Dfdaemon) -> serde_json::Value {
+        serde_json::json!({"type": "registry", "config": {
+            "host": reg, "repo": repo, "scheme": "http",
+            "timeout": 3, "connect_timeout": 1, "retry_limit": 1,
+            "proxy": {"url": peer.proxy_url(), "ping_url": peer.ping_url(), "fallback": true,
+                      "check_interval": 5, "use_http": false, "prefetch": true}
+        }})
+    }
+
+    fn rafs_config(backend: serde_json::Value, cache: &Path) -> RafsConfig {
+        let c = serde_json::json!({
+            "device": {
+                "backend": backend,
+                "cache": {"type": "blobcache", "config": {"work_dir": cache}}
+            },
+            "mode": "direct", "digest_validate": true, "iostats_files": false,
+            "enable_xattr": true
+        });
+        let c = RafsConfig::from_str(&c.to_string()).unwrap();
+        assert!(c.unknown_fields.is_empty(), "{:?}", c.unknown_fields);
+        c
+    }
+
+    /// Read `rel` (a path relative to the image root) through `fs`.
+    fn read_path(fs: &RafsFs, rel: &Path) -> std::io::Result<Vec<u8>> {
+        let mut ino = fs.image().root_ino();
+        let mut size = 0;
+        for c in rel.components() {
+            let e = fs.lookup(&ctx(), ino, &cstr(c.as_os_str().as_encoded_bytes()))?;
+            ino = e.inode;
+            size = e.attr.st_size as u64;
+        }
+        read_all(fs, ino, size, 128 * 1024)
+    }
+
+    fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "{what}: not after {secs} s"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn run_test(bin: OsString) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (sched, sched_addr) = standin::serve(&rt);
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        let mut reg = Registry::start(None);
+        // ~80 MiB of mostly random data: one 4 MiB piece is 5% of it.
+        let (src, boot, blobs) = build_image(w, "img", "11", "64", "300");
+        let ids = push(&reg, &boot, &blobs, "p2p/img");
+        // A second image that nobody reads before the registry goes down.
+        let (src2, boot2, blobs2) = build_image(w, "other", "12", "2", "20");
+        push(&reg, &boot2, &blobs2, "p2p/other");
+
+        let a = Dfdaemon::start(&bin, "127.0.0.1", "host-a", &sched_addr.to_string());
+        let b = Dfdaemon::start(&bin, "127.0.0.2", "host-b", &sched_addr.to_string());
+        wait_for("both peers announced", 30, || {
+            let st = sched.state.lock().unwrap();
+            st.host_of("127.0.0.1").is_some() && st.host_of("127.0.0.2").is_some()
+        });
+        let (host_a, host_b) = {
+            let st = sched.state.lock().unwrap();
+            (
+                st.host_of("127.0.0.1").unwrap(),
+                st.host_of("127.0.0.2").unwrap(),
+            )
+        };
+
+        // The reference: the same image over the local blob dir.
+        let fuse = env!("CARGO_BIN_EXE_rafs-virtiofsd");
+        let want = served_manifest(
+            &[fuse, "fuse"],
+            serde_json::json!({"type": "localfs", "config": {"dir": blobs}}),
+            &boot,
+            &w.join("ref"),
+            &[],
+        );
+        // Host A: a whole cold read through its peer.
+        let got_a = served_manifest(
+            &[fuse, "fuse"],
+            backend_json(&reg.host(), "p2p/img", &a),
+            &boot,
+            &w.join("host-a"),
+            &[],
+        );
+        super::builder_common::assert_same(&got_a, &want, "host A through dfdaemon");
+        // Its peer finishes the whole blob (the prefetch our daemon asked for).
+        wait_for("host A's peer holds the blob", 120, || {
+            sched
+                .state
+                .lock()
+                .unwrap()
+                .finished_hosts()
+                .contains(&host_a)
+        });
+        let a_bytes: u64 = ids.iter().map(|(id, _)| reg.served_bytes(id)).sum();
+        let blob_len: u64 = ids.iter().map(|(_, l)| l).sum();
+        assert!(
+            a_bytes >= blob_len,
+            "host A fetched {a_bytes} of a {blob_len}-byte blob"
+        );
+
+        // Host B: first file, then the registry goes down, then the rest.
+        let cache_b = w.join("host-b-cache");
+        std::fs::create_dir_all(&cache_b).unwrap();
+        let fs_b = RafsFs::open(
+            &boot,
+            &rafs_config(backend_json(&reg.host(), "p2p/img", &b), &cache_b),
+        )
+        .unwrap();
+        let files = walk(&src);
+        let big = files
+            .iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap()
+            .clone();
+        let first = read_path(&fs_b, big.strip_prefix(&src).unwrap()).unwrap();
+        assert!(
+            first == std::fs::read(&big).unwrap(),
+            "{}: wrong bytes",
+            big.display()
+        );
+        let b_bytes: u64 = ids.iter().map(|(id, _)| reg.served_bytes(id)).sum::<u64>() - a_bytes;
+        reg.stop();
+        let mut bad = Vec::new();
+        for f in &files {
+            let rel = f.strip_prefix(&src).unwrap();
+            match read_path(&fs_b, rel) {
+                Ok(d) if d == std::fs::read(f).unwrap() => {}
+                Ok(_) => panic!("{}: WRONG BYTES from host B", rel.display()),
+                Err(e) => bad.push(format!("{}: {e}", rel.display())),
+            }
+        }
+        let decisions = sched.state.lock().unwrap().decisions.clone();
+        let m_b = fs_b.metrics();
+        assert!(
+            bad.is_empty(),
+            "with the registry down, host B could not read {} files, e.g. {:?}\nscheduler: {decisions:?}\nB's backend: {}\nB's peer: {}",
+            bad.len(),
+            &bad[..bad.len().min(5)],
+            m_b["backend"],
+            b.logs()
+        );
+        assert!(
+            b_bytes * 10 <= a_bytes,
+            "host B fetched {b_bytes} bytes from the registry, host A {a_bytes}"
+        );
+        assert!(
+            decisions
+                .iter()
+                .any(|d| d.host == host_b && d.parents.contains(&host_a)),
+            "host B was never sent to host A's peer: {decisions:?}"
+        );
+        let backend = &m_b["backend"];
+        assert!(
+            backend["proxy_p2p_reads"].as_u64().unwrap_or(0) > 0,
+            "no P2P answers counted: {backend}"
+        );
+        let peer_metrics = b.metrics();
+        let traffic: Vec<&str> = peer_metrics
+            .lines()
+            .filter(|l| l.contains("download_traffic") && !l.starts_with('#'))
+            .collect::<Vec<_>>();
+        eprintln!(
+            "registry bytes: host A {a_bytes}, host B {b_bytes} ({:.1}%); B's backend {backend}; B's peer {traffic:?}",
+            b_bytes as f64 * 100.0 / a_bytes as f64
+        );
+
+        // Nobody holds the other image and the registry is down: EIO in time.
+        let cache_b2 = w.join("host-b-cache2");
+        std::fs::create_dir_all(&cache_b2).unwrap();
+        let fs_b2 = RafsFs::open(
+            &boot2,
+            &rafs_config(backend_json(&reg.host(), "p2p/other", &b), &cache_b2),
+        )
+        .unwrap();
+        let f2 = walk(&src2)
+            .into_iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let t0 = Instant::now();
+        let e = read_path(&fs_b2, f2.strip_prefix(&src2).unwrap()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "EIO took {:?}",
+            t0.elapsed()
+        );
+        drop(rt);
+    }
+}
+
+#[test]
+fn second_host_reads_the_image_from_the_first_hosts_peer() {
+    let Some(bin) = std::env::var_os("DFDAEMON") else {
+        skip::skip("DFDAEMON is not set (a dfdaemon v2 binary from dragonflyoss/client)");
+        return;
+    };
+    #[cfg(not(feature = "p2p-test"))]
+    {
+        let _ = bin;
+        skip::skip(
+            "built without --features p2p-test (hack/test.sh turns it on when DFDAEMON is set)",
+        );
+    }
+    #[cfg(feature = "p2p-test")]
+    p2p::run_test(bin);
+}
