@@ -293,7 +293,15 @@ mod p2p {
     }
 
     impl Dfdaemon {
-        fn start(bin: &OsString, ip: &'static str, name: &str, scheduler: &str) -> Dfdaemon {
+        /// `use_tls`: the proxy rule's `useTLS` (dfdaemon fetches the origin over https
+        /// what it was asked for over http).
+        fn start(
+            bin: &OsString,
+            ip: &'static str,
+            name: &str,
+            scheduler: &str,
+            use_tls: bool,
+        ) -> Dfdaemon {
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path();
             let (upload, proxy, health, metrics, stats, tcp, quic) = (
@@ -314,7 +322,7 @@ mod p2p {
                  health:\n  server:\n    ip: {ip}\n    port: {health}\n\
                  metrics:\n  server:\n    ip: {ip}\n    port: {metrics}\n\
                  stats:\n  server:\n    ip: {ip}\n    port: {stats}\n\
-                 proxy:\n  server:\n    ip: {ip}\n    port: {proxy}\n  rules:\n    - regex: 'blobs/sha256.*'\n",
+                 proxy:\n  server:\n    ip: {ip}\n    port: {proxy}\n  rules:\n    - regex: 'blobs/sha256.*'\n      useTLS: {use_tls}\n",
                 d = d.display()
             );
             std::fs::write(d.join("dfdaemon.yaml"), cfg).unwrap();
@@ -507,7 +515,125 @@ mod p2p {
         }
     }
 
-    pub fn run_test(bin: OsString) {
+    /// Read every file of `src` through `fs`, failing on any error or wrong byte.
+    fn read_tree_through(fs: &RafsFs, src: &Path) {
+        for f in walk(src) {
+            let rel = f.strip_prefix(src).unwrap();
+            let got = read_path(fs, rel).unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
+            assert!(
+                got == std::fs::read(&f).unwrap(),
+                "{}: wrong bytes",
+                rel.display()
+            );
+        }
+    }
+
+    /// The registry's credentials go through the peer: its 401 comes back through dfdaemon
+    /// and starts the Basic dance, and dfdaemon's back-to-source requests carry them.
+    pub fn basic_auth_through_the_peer(bin: OsString) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_sched, sched_addr) = standin::serve(&rt);
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        let reg = Registry::start(Some(("p2puser", "p2ppass")));
+        let (src, boot, blobs) = build_image(w, "auth", "13", "6", "40");
+        push(&reg, &boot, &blobs, "p2p/auth");
+        let peer = Dfdaemon::start(
+            &bin,
+            "127.0.0.1",
+            "host-auth",
+            &sched_addr.to_string(),
+            false,
+        );
+        let mut backend = backend_json(&reg.host(), "p2p/auth", &peer);
+        backend["config"]["auth"] = base64_of("p2puser:p2ppass").into();
+        backend["config"]["proxy"]["fallback"] = false.into();
+        let cache = w.join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        let fs = RafsFs::open(&boot, &rafs_config(backend, &cache)).unwrap();
+        read_tree_through(&fs, &src);
+        let m = &fs.metrics()["backend"];
+        assert!(m["auth_refreshes"].as_u64().unwrap() >= 1, "{m}");
+        assert!(m["proxy_p2p_reads"].as_u64().unwrap() > 0, "{m}");
+        assert_eq!(m["proxy_fallbacks"].as_u64(), Some(0), "{m}");
+        // The registry (auth on every path) answered dfdaemon's blob requests: first 401,
+        // then, with our credentials passed through, data.
+        let log = std::fs::read_to_string(&reg.log).unwrap();
+        let blob_lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("/blobs/sha256:"))
+            .collect();
+        assert!(
+            blob_lines.iter().any(|l| l.contains("\" 401 ")),
+            "no 401 for a blob request: {blob_lines:?}"
+        );
+        assert!(
+            blob_lines
+                .iter()
+                .any(|l| l.contains("\" 200 ") || l.contains("\" 206 ")),
+            "no authenticated blob request succeeded: {blob_lines:?}"
+        );
+    }
+
+    /// An https registry. With `use_http` our daemon asks dfdaemon for the http URL and a
+    /// `useTLS` rule makes dfdaemon fetch it over https: P2P answers, and our side needs no
+    /// certificate. Without `use_http` the request is a CONNECT tunnel, which dfdaemon
+    /// intercepts with a certificate of its own: we refuse it unless `skip_verify` is set.
+    pub fn use_http_with_a_tls_rule(bin: OsString) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_sched, sched_addr) = standin::serve(&rt);
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        let reg = Registry::start_tls();
+        let (src, boot, blobs) = build_image(w, "tls", "14", "6", "40");
+        push(&reg, &boot, &blobs, "p2p/tls");
+        let peer = Dfdaemon::start(&bin, "127.0.0.1", "host-tls", &sched_addr.to_string(), true);
+        let open = |use_http: bool, skip_verify: bool| {
+            let mut backend = backend_json(&reg.host(), "p2p/tls", &peer);
+            backend["config"]["scheme"] = "https".into();
+            backend["config"]["skip_verify"] = skip_verify.into();
+            backend["config"]["proxy"]["use_http"] = use_http.into();
+            backend["config"]["proxy"]["fallback"] = false.into();
+            let cache = w.join(format!("cache-{use_http}-{skip_verify}"));
+            std::fs::create_dir_all(&cache).unwrap();
+            RafsFs::open(&boot, &rafs_config(backend, &cache)).unwrap()
+        };
+        let fs = open(true, false);
+        read_tree_through(&fs, &src);
+        let m = &fs.metrics()["backend"];
+        assert!(m["proxy_p2p_reads"].as_u64().unwrap() > 0, "use_http: {m}");
+        // A tunnel: dfdaemon's own certificate is not the registry's.
+        let fs = open(false, false);
+        let f = walk(&src)
+            .into_iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let e = read_path(&fs, f.strip_prefix(&src).unwrap()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        // Trusting anything, the intercepted tunnel is served P2P too.
+        let fs = open(false, true);
+        read_tree_through(&fs, &src);
+        let m = &fs.metrics()["backend"];
+        assert!(
+            m["proxy_p2p_reads"].as_u64().unwrap() > 0,
+            "intercepted tunnel: {m}"
+        );
+    }
+
+    fn base64_of(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    pub fn two_hosts_and_an_outage(bin: OsString) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -524,8 +650,8 @@ mod p2p {
         let (src2, boot2, blobs2) = build_image(w, "other", "12", "2", "20");
         push(&reg, &boot2, &blobs2, "p2p/other");
 
-        let a = Dfdaemon::start(&bin, "127.0.0.1", "host-a", &sched_addr.to_string());
-        let b = Dfdaemon::start(&bin, "127.0.0.2", "host-b", &sched_addr.to_string());
+        let a = Dfdaemon::start(&bin, "127.0.0.1", "host-a", &sched_addr.to_string(), false);
+        let b = Dfdaemon::start(&bin, "127.0.0.2", "host-b", &sched_addr.to_string(), false);
         wait_for("both peers announced", 30, || {
             let st = sched.state.lock().unwrap();
             st.host_of("127.0.0.1").is_some() && st.host_of("127.0.0.2").is_some()
@@ -662,19 +788,39 @@ mod p2p {
     }
 }
 
-#[test]
-fn second_host_reads_the_image_from_the_first_hosts_peer() {
+/// `DFDAEMON`, or `None` after reporting the running test skipped.
+fn dfdaemon() -> Option<std::ffi::OsString> {
     let Some(bin) = std::env::var_os("DFDAEMON") else {
         skip::skip("DFDAEMON is not set (a dfdaemon v2 binary from dragonflyoss/client)");
-        return;
+        return None;
     };
-    #[cfg(not(feature = "p2p-test"))]
-    {
-        let _ = bin;
+    if cfg!(feature = "p2p-test") {
+        Some(bin)
+    } else {
         skip::skip(
             "built without --features p2p-test (hack/test.sh turns it on when DFDAEMON is set)",
         );
+        None
     }
+}
+
+#[test]
+fn second_host_reads_the_image_from_the_first_hosts_peer() {
+    let Some(_bin) = dfdaemon() else { return };
     #[cfg(feature = "p2p-test")]
-    p2p::run_test(bin);
+    p2p::two_hosts_and_an_outage(_bin);
+}
+
+#[test]
+fn registry_credentials_work_through_the_peer() {
+    let Some(_bin) = dfdaemon() else { return };
+    #[cfg(feature = "p2p-test")]
+    p2p::basic_auth_through_the_peer(_bin);
+}
+
+#[test]
+fn use_http_with_a_tls_rule_shares_an_https_registry() {
+    let Some(_bin) = dfdaemon() else { return };
+    #[cfg(feature = "p2p-test")]
+    p2p::use_http_with_a_tls_rule(_bin);
 }
