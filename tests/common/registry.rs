@@ -154,40 +154,7 @@ impl Registry {
         if self.tls_cert.is_some() {
             return self.push_blob_curl(repo, data);
         }
-        let hexd = hex::encode(sha2::Sha256::digest(data));
-        let auth = self.auth_header();
-        let (status, headers, _) = http(
-            "POST",
-            &self.host(),
-            &format!("/v2/{repo}/blobs/uploads/"),
-            auth.as_deref(),
-            &[],
-        );
-        assert_eq!(status, 202, "upload start");
-        let loc = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("location"))
-            .map(|(_, v)| v.clone())
-            .expect("Location");
-        let path = loc
-            .strip_prefix(&format!("http://{}", self.host()))
-            .unwrap_or(&loc)
-            .to_string();
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let (status, _, body) = http(
-            "PUT",
-            &self.host(),
-            &format!("{path}{sep}digest=sha256:{hexd}"),
-            auth.as_deref(),
-            data,
-        );
-        assert_eq!(
-            status,
-            201,
-            "upload put: {}",
-            String::from_utf8_lossy(&body)
-        );
-        hexd
+        push_blob_http(&self.host(), repo, data, self.auth_header().as_deref())
     }
 
     /// The https form of [`Self::push_blob`], through `curl --cacert`.
@@ -255,18 +222,60 @@ impl Registry {
 
     /// Bytes served for GETs of blob `hex`, summed from the access log.
     pub fn served_bytes(&self, hex: &str) -> u64 {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.lines()
-            .filter(|l| l.contains("\"GET ") && l.contains(hex))
-            .filter_map(|l| {
-                // ... "GET /v2/... HTTP/1.1" 206 12345 "-" ...
-                let after = l.split("HTTP/1.1\" ").nth(1)?;
-                let mut it = after.split_whitespace();
-                let _status = it.next()?;
-                it.next()?.parse::<u64>().ok()
-            })
-            .sum()
+        served_bytes_in(&std::fs::read_to_string(&self.log).unwrap_or_default(), hex)
     }
+}
+
+/// Push `data` as a blob of `repo` to the plain-http registry at `host` (monolithic
+/// upload); returns its hex sha256.
+pub fn push_blob_http(host: &str, repo: &str, data: &[u8], auth: Option<&str>) -> String {
+    let hexd = hex::encode(sha2::Sha256::digest(data));
+    let (status, headers, _) = http(
+        "POST",
+        host,
+        &format!("/v2/{repo}/blobs/uploads/"),
+        auth,
+        &[],
+    );
+    assert_eq!(status, 202, "upload start");
+    let loc = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("location"))
+        .map(|(_, v)| v.clone())
+        .expect("Location");
+    let path = loc
+        .strip_prefix(&format!("http://{host}"))
+        .unwrap_or(&loc)
+        .to_string();
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let (status, _, body) = http(
+        "PUT",
+        host,
+        &format!("{path}{sep}digest=sha256:{hexd}"),
+        auth,
+        data,
+    );
+    assert_eq!(
+        status,
+        201,
+        "upload put: {}",
+        String::from_utf8_lossy(&body)
+    );
+    hexd
+}
+
+/// Bytes served for GETs of blob `hex`, summed from a docker-registry access log.
+pub fn served_bytes_in(log: &str, hex: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(hex))
+        .filter_map(|l| {
+            // ... "GET /v2/... HTTP/1.1" 206 12345 "-" ...
+            let after = l.split("HTTP/1.1\" ").nth(1)?;
+            let mut it = after.split_whitespace();
+            let _status = it.next()?;
+            it.next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 impl Drop for Registry {
