@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dragonfly::{standin, walk, Dfdaemon};
+use dragonfly::{standin, wait_for, walk, Dfdaemon};
 use fuse_backend_rs::api::filesystem::FileSystem;
-use rafs_support::{cstr, ctx, read_all, VecWriter};
+use rafs_support::{ctx, lookup_path, read_all, VecWriter};
 use rafs_virtiofsd::config::RafsConfig;
 use rafs_virtiofsd::fs::rafs::RafsFs;
 use rafs_virtiofsd::rafs::RafsImage;
@@ -71,16 +71,7 @@ fn open(boot: &Path, reg: &str, proxy: Option<(&Dfdaemon, bool)>, cache: &Path) 
 }
 
 fn lookup(fs: &RafsFs, rel: &Path) -> (u64, u64) {
-    let mut ino = fs.image().root_ino();
-    let mut size = 0;
-    for c in rel.components() {
-        let e = fs
-            .lookup(&ctx(), ino, &cstr(c.as_os_str().as_encoded_bytes()))
-            .unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
-        ino = e.inode;
-        size = e.attr.st_size as u64;
-    }
-    (ino, size)
+    lookup_path(fs, rel).unwrap_or_else(|e| panic!("{}: {e}", rel.display()))
 }
 
 /// The first file of at least 4 KiB: the one whose first byte is timed.
@@ -110,17 +101,6 @@ fn read_image(fs: &RafsFs, src: &Path, files: &[PathBuf]) -> (Duration, Duration
         );
     }
     (ttfb, t0.elapsed())
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "{what}: not after {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn main() {
@@ -175,11 +155,7 @@ fn main() {
         .map(|f| std::fs::metadata(f).unwrap().len())
         .sum();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = dragonfly::runtime();
     let (sched, sched_addr) = standin::serve(&rt);
     let sa = sched_addr.to_string();
     let peer_a = Dfdaemon::start(&bin, "127.0.0.1", "bench-a", &sa, false);

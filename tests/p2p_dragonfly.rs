@@ -40,14 +40,13 @@ mod p2p {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use fuse_backend_rs::api::filesystem::FileSystem;
     use rafs_virtiofsd::config::RafsConfig;
     use rafs_virtiofsd::fs::rafs::RafsFs;
     use rafs_virtiofsd::rafs::RafsImage;
 
     use super::builder_common::{rafs_image, run, served_manifest};
-    use super::dragonfly::{standin, walk, Dfdaemon};
-    use super::rafs_support::{cstr, ctx, read_all};
+    use super::dragonfly::{runtime, standin, wait_for, walk, Dfdaemon};
+    use super::rafs_support::{lookup_path, read_all};
     use super::registry::Registry;
 
     /// `rafs-image create` of a mktree.py tree; returns (source dir, bootstrap, blob dir).
@@ -113,25 +112,8 @@ mod p2p {
 
     /// Read `rel` (a path relative to the image root) through `fs`.
     fn read_path(fs: &RafsFs, rel: &Path) -> std::io::Result<Vec<u8>> {
-        let mut ino = fs.image().root_ino();
-        let mut size = 0;
-        for c in rel.components() {
-            let e = fs.lookup(&ctx(), ino, &cstr(c.as_os_str().as_encoded_bytes()))?;
-            ino = e.inode;
-            size = e.attr.st_size as u64;
-        }
+        let (ino, size) = lookup_path(fs, rel)?;
         read_all(fs, ino, size, 128 * 1024)
-    }
-
-    fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-        let t0 = Instant::now();
-        while !f() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(secs),
-                "{what}: not after {secs} s"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
     }
 
     /// Read every file of `src` through `fs`, failing on any error or wrong byte.
@@ -150,11 +132,7 @@ mod p2p {
     /// The registry's credentials go through the peer: its 401 comes back through dfdaemon
     /// and starts the Basic dance, and dfdaemon's back-to-source requests carry them.
     pub fn basic_auth_through_the_peer(bin: OsString) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let (_sched, sched_addr) = standin::serve(&rt);
         let work = tempfile::tempdir().unwrap();
         let w = work.path();
@@ -203,11 +181,7 @@ mod p2p {
     /// certificate. Without `use_http` the request is a CONNECT tunnel, which dfdaemon
     /// intercepts with a certificate of its own: we refuse it unless `skip_verify` is set.
     pub fn use_http_with_a_tls_rule(bin: OsString) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let (_sched, sched_addr) = standin::serve(&rt);
         let work = tempfile::tempdir().unwrap();
         let w = work.path();
@@ -253,11 +227,7 @@ mod p2p {
     }
 
     pub fn two_hosts_and_an_outage(bin: OsString) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let (sched, sched_addr) = standin::serve(&rt);
         let work = tempfile::tempdir().unwrap();
         let w = work.path();

@@ -24,6 +24,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Poll `f` every 250 ms until it holds; panics after `secs`.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{what}: not after {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A one-worker runtime for [`standin::serve`].
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub mod standin {
 
     use std::collections::HashMap;

@@ -197,6 +197,18 @@ pub fn sha_prefix(d: &[u8]) -> String {
     hex::encode(Sha256::digest(d))[..24].to_string()
 }
 
+/// (inode, size) of `rel`, a path relative to the image root.
+pub fn lookup_path(fs: &RafsFs, rel: &Path) -> io::Result<(u64, u64)> {
+    let mut ino = fs.image().root_ino();
+    let mut size = 0;
+    for c in rel.components() {
+        let e = fs.lookup(&ctx(), ino, &cstr(c.as_os_str().as_encoded_bytes()))?;
+        ino = e.inode;
+        size = e.attr.st_size as u64;
+    }
+    Ok((ino, size))
+}
+
 pub fn read_all(fs: &RafsFs, ino: u64, size: u64, step: u32) -> io::Result<Vec<u8>> {
     let mut w = VecWriter::default();
     let mut off = 0;
