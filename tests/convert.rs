@@ -325,47 +325,10 @@ fn basic_auth_from_flags_and_docker_config() {
     ok(&image_cmd_with("check", &src, &dst, &[], &dc));
 }
 
-/// A registry that wants Bearer tokens: a forwarder in front of the real registry that
-/// answers 401 with a Bearer challenge unless the request carries the token its own token
-/// endpoint hands out for `alice:s3cret` (Basic).
-fn bearer_front(reg: &Registry) -> registry::FakeServer {
-    use std::sync::OnceLock;
-    let up = format!("http://{}", reg.host());
-    let me: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
-    let me2 = me.clone();
-    let http = registry::forwarding_client();
-    let srv = registry::FakeServer::start("127.0.0.1", move |req| {
-        let addr = me2.get().unwrap();
-        if req.path.starts_with("/token") {
-            use base64::Engine;
-            let want = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
-            );
-            return if req.header("authorization") == Some(want.as_str())
-                && req.path.contains("scope=repository")
-            {
-                registry::Reply::new(200, r#"{"token":"tok-123"}"#)
-            } else {
-                registry::Reply::new(401, "")
-            };
-        }
-        if req.header("authorization") != Some("Bearer tok-123") {
-            return registry::Reply::new(401, "").header(
-                "WWW-Authenticate",
-                &format!(r#"Bearer realm="http://{addr}/token",service="test""#),
-            );
-        }
-        registry::forward(&http, &up, req, Some(addr), &["authorization"])
-    });
-    me.set(srv.addr.clone()).unwrap();
-    srv
-}
-
 #[test]
 fn bearer_token_registry_push_and_check() {
     let reg = Registry::start(None);
-    let front = bearer_front(&reg);
+    let front = reg.bearer_front();
     let t = tempfile::tempdir().unwrap();
     let lay = t.path().join("src");
     write_layout(&lay, "v1", &[("amd64", sample_layers(10))]);

@@ -278,6 +278,7 @@ pub mod standin {
 /// One dfdaemon peer bound to `ip`, with its own dirs and ports.
 pub struct Dfdaemon {
     child: Child,
+    bin: OsString,
     dir: tempfile::TempDir,
     pub ip: &'static str,
     proxy: u16,
@@ -324,8 +325,27 @@ impl Dfdaemon {
             format!("scheduler:\n  addr: '{scheduler}'\n"),
         )
         .unwrap();
-        let log = std::fs::File::create(d.join("stdout.log")).unwrap();
-        let child = Command::new(bin)
+        let child = Self::spawn(bin, d);
+        let mut me = Dfdaemon {
+            child,
+            bin: bin.clone(),
+            dir,
+            ip,
+            proxy,
+            health,
+            metrics,
+        };
+        me.wait_healthy();
+        me
+    }
+
+    fn spawn(bin: &OsString, d: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("stdout.log"))
+            .unwrap();
+        Command::new(bin)
             .arg("--config")
             .arg(d.join("dfdaemon.yaml"))
             .arg("--dynconfig")
@@ -337,17 +357,58 @@ impl Dfdaemon {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawn DFDAEMON");
-        let mut me = Dfdaemon {
-            child,
-            dir,
-            ip,
-            proxy,
-            health,
-            metrics,
-        };
-        me.wait_healthy();
-        me
+            .expect("spawn DFDAEMON")
+    }
+
+    /// Stop the peer with `sig` and wait for it (its ports and dirs stay configured for
+    /// [`Dfdaemon::restart`]). A peer that outlives a SIGTERM by 20 s gets SIGKILL.
+    /// Returns how long it took to exit.
+    pub fn stop(&mut self, sig: i32) -> Duration {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let t0 = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t0.elapsed()
+    }
+
+    /// Start the killed peer again on the same ports and dirs, respawning while it exits
+    /// early (e.g. a port still held). Returns how many spawns it took and the time until
+    /// it answered its health check; panics after `secs`.
+    pub fn restart(&mut self, secs: u64) -> (u32, Duration) {
+        let t0 = Instant::now();
+        let url = format!("http://{}:{}/healthy", self.ip, self.health);
+        let mut spawns = 0;
+        loop {
+            spawns += 1;
+            self.child = Self::spawn(&self.bin, self.dir.path());
+            loop {
+                if reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
+                    return (spawns, t0.elapsed());
+                }
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(secs),
+                    "dfdaemon on {} not back after {secs} s ({spawns} spawns): {}",
+                    self.ip,
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "dfdaemon on {} not back after {secs} s ({spawns} spawns): {}",
+                self.ip,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn wait_healthy(&mut self) {

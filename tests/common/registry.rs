@@ -221,6 +221,44 @@ impl Registry {
     }
 
     /// Bytes served for GETs of blob `hex`, summed from the access log.
+    /// A registry that wants Bearer tokens: a forwarder in front of this one that answers
+    /// 401 with a Bearer challenge unless the request carries `Bearer tok-123`, the token
+    /// its own `/token` endpoint hands out for `alice:s3cret` (Basic) and a repository
+    /// scope.
+    pub fn bearer_front(&self) -> FakeServer {
+        use std::sync::OnceLock;
+        let up = format!("http://{}", self.host());
+        let me: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+        let me2 = me.clone();
+        let http = forwarding_client();
+        let srv = FakeServer::start("127.0.0.1", move |req| {
+            let addr = me2.get().unwrap();
+            if req.path.starts_with("/token") {
+                use base64::Engine;
+                let want = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+                );
+                return if req.header("authorization") == Some(want.as_str())
+                    && req.path.contains("scope=repository")
+                {
+                    Reply::new(200, r#"{"token":"tok-123"}"#)
+                } else {
+                    Reply::new(401, "")
+                };
+            }
+            if req.header("authorization") != Some("Bearer tok-123") {
+                return Reply::new(401, "").header(
+                    "WWW-Authenticate",
+                    &format!(r#"Bearer realm="http://{addr}/token",service="test""#),
+                );
+            }
+            forward(&http, &up, req, Some(addr), &["authorization"])
+        });
+        me.set(srv.addr.clone()).unwrap();
+        srv
+    }
+
     pub fn served_bytes(&self, hex: &str) -> u64 {
         served_bytes_in(&std::fs::read_to_string(&self.log).unwrap_or_default(), hex)
     }
