@@ -341,6 +341,7 @@ pub fn run_virtiofs(
     // Like nydusd, the API answers RUNNING from its first request; here that also means
     // the filter already covers every thread, the API's among them.
     sandbox::lock_down(&sb)?;
+    crate::storage::registry::set_network_thread_hook(sandbox::confine_network_thread);
     ctx.set_state(DaemonState::Running);
     if let Some(a) = &common.apisock {
         bind_private(a, group, || api::start(a, ctx.clone()))?;
@@ -426,6 +427,7 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
     }
     drop(done_tx);
     sandbox::lock_down(&sb)?;
+    crate::storage::registry::set_network_thread_hook(sandbox::confine_network_thread);
     ctx.set_state(DaemonState::Running);
     if let Some(a) = &common.apisock {
         bind_private(a, common.security.socket_group, || {

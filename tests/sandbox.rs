@@ -3,6 +3,8 @@
 //! sockets are private whatever the umask; and `--sandbox namespace` shows only the allowed
 //! trees, refuses API mounts outside them and sees mounts made later under them.
 
+#[path = "common/registry.rs"]
+mod registry;
 #[path = "common/skip.rs"]
 mod skip;
 mod support;
@@ -211,6 +213,231 @@ fn the_waiter_filter_allows_waiting_and_nothing_else() {
         "open under the waiter filter: {st:#x}"
     );
     assert!(!seccomp::WAITER.iter().any(|(n, _)| n.contains("open")));
+}
+
+/// The network thread class: under the daemon's filter plus the network one, a thread may
+/// read files and make sockets, but not open a file for writing or creating, open by
+/// handle, or switch credentials.
+#[test]
+fn the_network_filter_reads_but_never_changes_files() {
+    let daemon = seccomp::build(SeccompMode::Kill, false).unwrap().unwrap();
+    let net = seccomp::build_network(SeccompMode::Kill).unwrap().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let existing = std::ffi::CString::new(t.path().join("f").to_str().unwrap()).unwrap();
+    std::fs::write(t.path().join("f"), b"x").unwrap();
+    let newfile = std::ffi::CString::new(t.path().join("new").to_str().unwrap()).unwrap();
+    #[derive(Clone, Copy)]
+    enum Try {
+        Nothing,
+        OpenWrite,
+        Create,
+        Truncate,
+        ByHandle,
+        Setresuid,
+        SeccompTsync,
+    }
+    let run = |what: Try| -> i32 {
+        // SAFETY: the child makes only async-signal-safe syscalls on memory prepared
+        // before the fork, and ends with _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                if install_filter(&daemon) != 0 || install_filter(&net) != 0 {
+                    libc::_exit(99);
+                }
+                // Allowed: reading, and sockets.
+                if libc::open(existing.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) < 0 {
+                    libc::_exit(98);
+                }
+                if libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) < 0 {
+                    libc::_exit(97);
+                }
+                match what {
+                    Try::Nothing => {}
+                    Try::OpenWrite => {
+                        libc::open(existing.as_ptr(), libc::O_WRONLY);
+                    }
+                    Try::Create => {
+                        libc::openat(
+                            libc::AT_FDCWD,
+                            newfile.as_ptr(),
+                            libc::O_RDONLY | libc::O_CREAT,
+                            0o600,
+                        );
+                    }
+                    Try::Truncate => {
+                        libc::open(existing.as_ptr(), libc::O_RDONLY | libc::O_TRUNC);
+                    }
+                    Try::ByHandle => {
+                        libc::syscall(libc::SYS_open_by_handle_at, -1, 0, 0);
+                    }
+                    Try::Setresuid => {
+                        libc::syscall(libc::SYS_setresuid, -1, -1, -1);
+                    }
+                    Try::SeccompTsync => {
+                        // Stacking is allowed; with a flag (here TSYNC) it is not.
+                        let fprog = libc::sock_fprog {
+                            len: net.len() as u16,
+                            filter: net.as_ptr() as *mut libc::sock_filter,
+                        };
+                        libc::syscall(
+                            libc::SYS_seccomp,
+                            libc::SECCOMP_SET_MODE_FILTER,
+                            libc::SECCOMP_FILTER_FLAG_TSYNC,
+                            &fprog as *const libc::sock_fprog,
+                        );
+                    }
+                }
+                libc::_exit(7);
+            }
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+            st
+        }
+    };
+    let st = run(Try::Nothing);
+    assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 7, "{st:#x}");
+    for (name, what) in [
+        ("open for writing", Try::OpenWrite),
+        ("create", Try::Create),
+        ("truncate", Try::Truncate),
+        ("open_by_handle_at", Try::ByHandle),
+        ("setresuid", Try::Setresuid),
+        ("seccomp with TSYNC", Try::SeccompTsync),
+    ] {
+        let st = run(what);
+        assert!(
+            libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSYS,
+            "{name} under the network filter: {st:#x}"
+        );
+    }
+    assert!(!t.path().join("new").exists());
+    assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"x");
+}
+
+/// In a running daemon serving RAFS from a real registry, the network threads (`rafs-net`)
+/// carry the network class's filter on top of the daemon's; no other thread does. The
+/// image reads back whole under it.
+#[test]
+fn network_threads_carry_their_own_filter() {
+    let img = fixture();
+    let reg = registry::Registry::start(None);
+    for e in std::fs::read_dir(img.join("blobs")).unwrap() {
+        let e = e.unwrap();
+        let data = std::fs::read(e.path()).unwrap();
+        assert_eq!(
+            reg.push_blob("sandbox/img", &data),
+            e.file_name().to_str().unwrap()
+        );
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (mnt, api, cache) = (
+        t.path().join("mnt"),
+        t.path().join("api.sock"),
+        t.path().join("cache"),
+    );
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&cache).unwrap();
+    let cfg = t.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "device": {
+                // A name, so that name resolution runs under the filter too.
+                "backend": {"type": "registry", "config": {
+                    "host": format!("localhost:{}", reg.port), "repo": "sandbox/img",
+                    "scheme": "http"}},
+                "cache": {"type": "blobcache", "config": {"work_dir": cache}}
+            },
+            "mode": "direct", "digest_validate": true, "enable_xattr": true
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let boot = img.join("image.boot");
+    let d = start(
+        &[
+            "fuse",
+            "--mountpoint",
+            mnt.to_str().unwrap(),
+            "--bootstrap",
+            boot.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--apisock",
+            api.to_str().unwrap(),
+            "--log-level",
+            "warn",
+        ],
+        &api,
+    );
+    let _unmount = Unmount(mnt.clone());
+    let strip = |m: &str| -> String {
+        m.lines()
+            .filter(|l| !l.starts_with(". "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let out = Command::new("python3")
+        .arg(tools.join("builder_tools/treemanifest.py"))
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let tree = std::fs::read_to_string(img.join("TREE")).unwrap();
+    let want =
+        std::fs::read_to_string(tools.join(format!("fixtures/manifests/{}.manifest", tree.trim())))
+            .unwrap();
+    assert_eq!(
+        strip(&String::from_utf8_lossy(&out.stdout)),
+        strip(&want),
+        "the image through the registry"
+    );
+    let served: u64 = std::fs::read_dir(img.join("blobs"))
+        .unwrap()
+        .map(|e| reg.served_bytes(e.unwrap().file_name().to_str().unwrap()))
+        .sum();
+    assert!(served > 0, "nothing came from the registry");
+
+    let mut net = Vec::new();
+    let mut other = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue;
+        };
+        let filters: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+            .map(|v| v.trim().parse().unwrap())
+            .expect("a kernel that reports Seccomp_filters");
+        if comm.trim() == "rafs-net" {
+            net.push(filters);
+        } else {
+            other.push((comm.trim().to_string(), filters));
+        }
+    }
+    eprintln!("Seccomp_filters: rafs-net threads {net:?}, others {other:?}");
+    assert!(
+        net.iter().any(|&f| f >= 2),
+        "no network thread with its own filter: {net:?}"
+    );
+    assert!(
+        other.iter().all(|(_, f)| *f == 1),
+        "other threads: {other:?}"
+    );
+}
+
+/// Lazily unmounts a FUSE mountpoint on drop (after the daemon is gone).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 #[test]

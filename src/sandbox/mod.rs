@@ -4,7 +4,8 @@
 //! - `PR_SET_NO_NEW_PRIVS`;
 //! - every capability dropped (effective, permitted, inheritable, ambient and bounding)
 //!   except [`needed_caps`] for the configured filesystems;
-//! - a seccomp-BPF allowlist on every thread ([`seccomp`]), `--seccomp kill` by default.
+//! - a seccomp-BPF allowlist on every thread ([`seccomp`]), `--seccomp kill` by default,
+//!   with a tighter class stacked on the network threads ([`confine_network_thread`]).
 //!
 //! Optional, `--sandbox namespace`: a private mount namespace whose root holds only the
 //! allowed trees, and in virtiofs mode a pid namespace ([`namespace`]), fenced again by
@@ -18,10 +19,13 @@ pub mod landlock;
 pub mod namespace;
 pub mod seccomp;
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use caps::{CapSet, Capability};
+use seccompiler::BpfProgram;
 
 pub use self::seccomp::SeccompMode;
 
@@ -146,13 +150,41 @@ pub fn enter(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Installs the seccomp filter on every thread. Call when start-up is over.
+/// The network thread class's filter, set by [`lock_down`] ([`confine_network_thread`]).
+static NETWORK_FILTER: OnceLock<BpfProgram> = OnceLock::new();
+
+/// Installs the seccomp filter on every thread. Call when start-up is over. From then on,
+/// [`confine_network_thread`] also stacks the network class's filter on each network thread.
 pub fn lock_down(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     if let Some(prog) = seccomp::build(cfg.seccomp, cfg.fuse).map_err(|e| err("build", e))? {
         seccomp::apply_all_threads(&prog).map_err(|e| err("apply", e))?;
         log::info!("seccomp filter installed ({:?})", cfg.seccomp);
     }
+    // After the all-threads install: TSYNC refuses threads whose filters differ.
+    if let Some(prog) = seccomp::build_network(cfg.seccomp).map_err(|e| err("build", e))? {
+        let _ = NETWORK_FILTER.set(prog);
+    }
     Ok(())
+}
+
+/// For the network threads (`storage::registry::set_network_thread_hook`): once
+/// [`lock_down`] has run, stacks the network class's filter (`seccomp::NETWORK_DENIED`) on
+/// the calling thread, once per thread. Before that, and with `--seccomp none`, it does
+/// nothing. Threads the network threads spawn inherit the filter.
+pub fn confine_network_thread() {
+    thread_local! {
+        static DONE: Cell<bool> = const { Cell::new(false) };
+    }
+    if DONE.get() {
+        return;
+    }
+    let Some(prog) = NETWORK_FILTER.get() else {
+        return;
+    };
+    DONE.set(true);
+    if let Err(e) = seccomp::apply_this_thread(prog) {
+        log::error!("seccomp: network thread class not installed: {e}");
+    }
 }
 
 /// Keeps only `keep` in every capability set of the calling thread (and so of the threads

@@ -89,6 +89,107 @@ pub fn build_waiter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
     ))
 }
 
+/// What the network thread class (the `rafs-net` runtime threads, which parse what
+/// registries and proxies send, and nothing else) may not do, on top of [`allowed`]: switch
+/// credentials, open by file handle, or change any file. They keep reading files (DNS
+/// configuration, certificates) and every socket call. Installed per thread once the
+/// daemon is locked down (src/sandbox/mod.rs, `confine_network_thread`).
+pub const NETWORK_DENIED: &[(&str, i64)] = &[
+    ("setresuid", libc::SYS_setresuid),
+    ("setresgid", libc::SYS_setresgid),
+    ("setgroups", libc::SYS_setgroups),
+    ("capset", libc::SYS_capset),
+    ("name_to_handle_at", libc::SYS_name_to_handle_at),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    // Its flags are behind a pointer, so it cannot be checked like openat's.
+    ("openat2", libc::SYS_openat2),
+    ("mkdirat", libc::SYS_mkdirat),
+    ("unlinkat", libc::SYS_unlinkat),
+    ("renameat", libc::SYS_renameat),
+    ("renameat2", libc::SYS_renameat2),
+    ("linkat", libc::SYS_linkat),
+    ("symlinkat", libc::SYS_symlinkat),
+    ("mknodat", libc::SYS_mknodat),
+    ("fchmod", libc::SYS_fchmod),
+    ("fchmodat", libc::SYS_fchmodat),
+    ("fchmodat2", 452),
+    ("fchown", libc::SYS_fchown),
+    ("fchownat", libc::SYS_fchownat),
+    ("utimensat", libc::SYS_utimensat),
+    ("setxattr", libc::SYS_setxattr),
+    ("lsetxattr", libc::SYS_lsetxattr),
+    ("fsetxattr", libc::SYS_fsetxattr),
+    ("removexattr", libc::SYS_removexattr),
+    ("lremovexattr", libc::SYS_lremovexattr),
+    ("fremovexattr", libc::SYS_fremovexattr),
+    ("fallocate", libc::SYS_fallocate),
+    ("ftruncate", libc::SYS_ftruncate),
+    ("truncate", libc::SYS_truncate),
+    ("copy_file_range", libc::SYS_copy_file_range),
+    ("unshare", libc::SYS_unshare),
+    ("umount2", libc::SYS_umount2),
+    #[cfg(target_arch = "x86_64")]
+    ("mkdir", libc::SYS_mkdir),
+    #[cfg(target_arch = "x86_64")]
+    ("rmdir", libc::SYS_rmdir),
+    #[cfg(target_arch = "x86_64")]
+    ("unlink", libc::SYS_unlink),
+    #[cfg(target_arch = "x86_64")]
+    ("rename", libc::SYS_rename),
+    #[cfg(target_arch = "x86_64")]
+    ("link", libc::SYS_link),
+    #[cfg(target_arch = "x86_64")]
+    ("symlink", libc::SYS_symlink),
+    #[cfg(target_arch = "x86_64")]
+    ("mknod", libc::SYS_mknod),
+    #[cfg(target_arch = "x86_64")]
+    ("chmod", libc::SYS_chmod),
+    #[cfg(target_arch = "x86_64")]
+    ("chown", libc::SYS_chown),
+    #[cfg(target_arch = "x86_64")]
+    ("lchown", libc::SYS_lchown),
+];
+
+/// Rules that match an open for writing, creating or truncating, whose flags are argument
+/// `arg`.
+fn open_for_change(arg: u8) -> Result<Vec<SeccompRule>, String> {
+    let e = |e| format!("seccomp: {e:?}");
+    let masked = |mask: i32, value: i32| {
+        SeccompCondition::new(
+            arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(mask as u64),
+            value as u64,
+        )
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .map_err(e)
+    };
+    Ok(vec![
+        masked(libc::O_ACCMODE, libc::O_WRONLY)?,
+        masked(libc::O_ACCMODE, libc::O_RDWR)?,
+        masked(libc::O_CREAT, libc::O_CREAT)?,
+        masked(libc::O_TRUNC, libc::O_TRUNC)?,
+    ])
+}
+
+/// The network thread class's filter: [`NETWORK_DENIED`] and opens that could change a
+/// file get `mode`'s action; everything else is left to the daemon's filter below it.
+pub fn build_network(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
+    let Some(action) = mismatch_action(mode) else {
+        return Ok(None);
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        NETWORK_DENIED.iter().map(|(_, nr)| (*nr, vec![])).collect();
+    rules.insert(libc::SYS_openat, open_for_change(2)?);
+    #[cfg(target_arch = "x86_64")]
+    rules.insert(libc::SYS_open, open_for_change(1)?);
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch()?)
+        .map_err(|e| format!("seccomp: {e:?}"))?;
+    Ok(Some(
+        filter.try_into().map_err(|e| format!("seccomp: {e:?}"))?,
+    ))
+}
+
 /// The allowlist as a BPF program whose default action is `mode`'s.
 pub fn build(mode: SeccompMode, allow_umount: bool) -> Result<Option<BpfProgram>, String> {
     let Some(mismatch) = mismatch_action(mode) else {
@@ -111,6 +212,22 @@ pub fn build(mode: SeccompMode, allow_umount: bool) -> Result<Option<BpfProgram>
         libc::SYS_unshare,
         vec![SeccompRule::new(vec![clone_fs]).map_err(|e| format!("seccomp: {e:?}"))?],
     );
+    // seccomp: only to stack one more filter on the calling thread (the network thread
+    // class), never with flags (no TSYNC, no user-notification listener). A filter can
+    // only narrow what its thread may do.
+    let seccomp_rule = SeccompRule::new(vec![
+        SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::SECCOMP_SET_MODE_FILTER as u64,
+        )
+        .map_err(|e| format!("seccomp: {e:?}"))?,
+        SeccompCondition::new(1, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0)
+            .map_err(|e| format!("seccomp: {e:?}"))?,
+    ])
+    .map_err(|e| format!("seccomp: {e:?}"))?;
+    rules.insert(libc::SYS_seccomp, vec![seccomp_rule]);
     if allow_umount {
         // FUSE mode unmounts its mountpoint on exit.
         rules.insert(libc::SYS_umount2, vec![]);

@@ -157,6 +157,24 @@ impl BackendMetrics {
     }
 }
 
+/// Called on every network thread when it starts and each time it wakes to run tasks
+/// ([`set_network_thread_hook`]).
+static NET_THREAD_HOOK: OnceLock<fn()> = OnceLock::new();
+
+/// Run `hook` on every thread of the network runtime (named `rafs-net`) when it starts
+/// and each time it wakes. These threads parse what registries and proxies send and
+/// nothing else; the daemon uses this to confine them further (src/sandbox/seccomp.rs,
+/// the network thread class). Set once; later calls are ignored.
+pub fn set_network_thread_hook(hook: fn()) {
+    let _ = NET_THREAD_HOOK.set(hook);
+}
+
+fn run_network_thread_hook() {
+    if let Some(h) = NET_THREAD_HOOK.get() {
+        h()
+    }
+}
+
 /// The process-wide runtime for network I/O.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -164,6 +182,8 @@ fn runtime() -> &'static tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("rafs-net")
+            .on_thread_start(run_network_thread_hook)
+            .on_thread_unpark(run_network_thread_hook)
             .enable_all()
             .build()
             .expect("cannot start the network runtime")
