@@ -547,6 +547,10 @@ mod p2p {
     }
 }
 
+/// One P2P test at a time: each runs dfdaemons and daemons of its own. With the four run
+/// in parallel on 2 cores, one run failed host B's 10% bound; serial runs have not.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `DFDAEMON`, or `None` after reporting the running test skipped.
 fn dfdaemon() -> Option<std::ffi::OsString> {
     let Some(bin) = std::env::var_os("DFDAEMON") else {
@@ -566,6 +570,7 @@ fn dfdaemon() -> Option<std::ffi::OsString> {
 #[test]
 fn second_host_reads_the_image_from_the_first_hosts_peer() {
     let Some(_bin) = dfdaemon() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     #[cfg(feature = "p2p-test")]
     p2p::two_hosts_and_an_outage(_bin);
 }
@@ -573,6 +578,7 @@ fn second_host_reads_the_image_from_the_first_hosts_peer() {
 #[test]
 fn registry_credentials_work_through_the_peer() {
     let Some(_bin) = dfdaemon() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     #[cfg(feature = "p2p-test")]
     p2p::credentials_through_the_peer(_bin);
 }
@@ -580,6 +586,7 @@ fn registry_credentials_work_through_the_peer() {
 #[test]
 fn a_restarted_peer_is_bypassed_then_used_again() {
     let Some(_bin) = dfdaemon() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     #[cfg(feature = "p2p-test")]
     p2p::a_restarted_peer(_bin);
 }
@@ -587,6 +594,7 @@ fn a_restarted_peer_is_bypassed_then_used_again() {
 #[test]
 fn use_http_with_a_tls_rule_shares_an_https_registry() {
     let Some(_bin) = dfdaemon() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     #[cfg(feature = "p2p-test")]
     p2p::use_http_with_a_tls_rule(_bin);
 }
