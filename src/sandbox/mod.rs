@@ -168,7 +168,7 @@ pub fn lock_down(cfg: &SandboxConfig) -> Result<(), SandboxError> {
 }
 
 /// For the network threads (`storage::registry::set_network_thread_hook`): once
-/// [`lock_down`] has run, stacks the network class's filter (`seccomp::NETWORK_DENIED`) on
+/// [`lock_down`] has run, stacks the network class's filter (`seccomp::network_denied`) on
 /// the calling thread, once per thread. Before that, and with `--seccomp none`, it does
 /// nothing. Threads the network threads spawn inherit the filter.
 pub fn confine_network_thread() {

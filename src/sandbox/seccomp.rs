@@ -103,6 +103,13 @@ pub const NETWORK_DENIED: &[(&str, i64)] = &[
     ("open_by_handle_at", libc::SYS_open_by_handle_at),
     // Its flags are behind a pointer, so it cannot be checked like openat's.
     ("openat2", libc::SYS_openat2),
+    ("unshare", libc::SYS_unshare),
+    ("umount2", libc::SYS_umount2),
+];
+
+/// The calls that change files (the passthrough's operations): allowed to the daemon,
+/// denied to the network threads.
+const FILE_CHANGES: &[(&str, i64)] = &[
     ("mkdirat", libc::SYS_mkdirat),
     ("unlinkat", libc::SYS_unlinkat),
     ("renameat", libc::SYS_renameat),
@@ -126,29 +133,33 @@ pub const NETWORK_DENIED: &[(&str, i64)] = &[
     ("ftruncate", libc::SYS_ftruncate),
     ("truncate", libc::SYS_truncate),
     ("copy_file_range", libc::SYS_copy_file_range),
-    ("unshare", libc::SYS_unshare),
-    ("umount2", libc::SYS_umount2),
-    #[cfg(target_arch = "x86_64")]
+];
+
+/// The x86_64-only forms of [`FILE_CHANGES`].
+#[cfg(target_arch = "x86_64")]
+const LEGACY_FILE_CHANGES: &[(&str, i64)] = &[
     ("mkdir", libc::SYS_mkdir),
-    #[cfg(target_arch = "x86_64")]
     ("rmdir", libc::SYS_rmdir),
-    #[cfg(target_arch = "x86_64")]
     ("unlink", libc::SYS_unlink),
-    #[cfg(target_arch = "x86_64")]
     ("rename", libc::SYS_rename),
-    #[cfg(target_arch = "x86_64")]
     ("link", libc::SYS_link),
-    #[cfg(target_arch = "x86_64")]
     ("symlink", libc::SYS_symlink),
-    #[cfg(target_arch = "x86_64")]
     ("mknod", libc::SYS_mknod),
-    #[cfg(target_arch = "x86_64")]
     ("chmod", libc::SYS_chmod),
-    #[cfg(target_arch = "x86_64")]
     ("chown", libc::SYS_chown),
-    #[cfg(target_arch = "x86_64")]
     ("lchown", libc::SYS_lchown),
 ];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY_FILE_CHANGES: &[(&str, i64)] = &[];
+
+/// Everything the network thread class may not call: [`NETWORK_DENIED`] and the calls that
+/// change files.
+pub fn network_denied() -> impl Iterator<Item = &'static (&'static str, i64)> {
+    NETWORK_DENIED
+        .iter()
+        .chain(FILE_CHANGES)
+        .chain(LEGACY_FILE_CHANGES)
+}
 
 /// Rules that match an open for writing, creating or truncating, whose flags are argument
 /// `arg`.
@@ -172,14 +183,14 @@ fn open_for_change(arg: u8) -> Result<Vec<SeccompRule>, String> {
     ])
 }
 
-/// The network thread class's filter: [`NETWORK_DENIED`] and opens that could change a
+/// The network thread class's filter: [`network_denied`] and opens that could change a
 /// file get `mode`'s action; everything else is left to the daemon's filter below it.
 pub fn build_network(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
     let Some(action) = mismatch_action(mode) else {
         return Ok(None);
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        NETWORK_DENIED.iter().map(|(_, nr)| (*nr, vec![])).collect();
+        network_denied().map(|(_, nr)| (*nr, vec![])).collect();
     rules.insert(libc::SYS_openat, open_for_change(2)?);
     #[cfg(target_arch = "x86_64")]
     rules.insert(libc::SYS_open, open_for_change(1)?);
@@ -249,8 +260,9 @@ pub fn apply_this_thread(prog: &BpfProgram) -> Result<(), String> {
 }
 
 /// The syscalls allowed with any arguments, as (name, number). Grouped as: memory and
-/// threads, signals, time, credentials, event loops, files, the changes the passthrough
-/// serves, sockets (vhost-user, API, registries), process information.
+/// threads, signals, time, credentials, event loops, files, sockets (vhost-user, API,
+/// registries), process information, and last the changes the passthrough serves
+/// (`FILE_CHANGES`).
 pub fn allowed() -> impl Iterator<Item = &'static (&'static str, i64)> {
     #[cfg(target_arch = "x86_64")]
     const EXTRA: &[(&str, i64)] = &[
@@ -258,16 +270,6 @@ pub fn allowed() -> impl Iterator<Item = &'static (&'static str, i64)> {
         ("stat", libc::SYS_stat),
         ("lstat", libc::SYS_lstat),
         ("access", libc::SYS_access),
-        ("mkdir", libc::SYS_mkdir),
-        ("rmdir", libc::SYS_rmdir),
-        ("unlink", libc::SYS_unlink),
-        ("rename", libc::SYS_rename),
-        ("link", libc::SYS_link),
-        ("symlink", libc::SYS_symlink),
-        ("mknod", libc::SYS_mknod),
-        ("chmod", libc::SYS_chmod),
-        ("chown", libc::SYS_chown),
-        ("lchown", libc::SYS_lchown),
         ("readlink", libc::SYS_readlink),
         ("dup2", libc::SYS_dup2),
         ("pipe2", libc::SYS_pipe2),
@@ -381,41 +383,18 @@ pub fn allowed() -> impl Iterator<Item = &'static (&'static str, i64)> {
         ("fdatasync", libc::SYS_fdatasync),
         ("syncfs", libc::SYS_syncfs),
         ("sync_file_range", libc::SYS_sync_file_range),
-        ("fallocate", libc::SYS_fallocate),
-        ("ftruncate", libc::SYS_ftruncate),
-        ("truncate", libc::SYS_truncate),
         ("readahead", libc::SYS_readahead),
-        ("copy_file_range", libc::SYS_copy_file_range),
         ("splice", libc::SYS_splice),
         ("tee", libc::SYS_tee),
         ("memfd_create", libc::SYS_memfd_create),
         ("name_to_handle_at", libc::SYS_name_to_handle_at),
         ("open_by_handle_at", libc::SYS_open_by_handle_at),
-        ("mkdirat", libc::SYS_mkdirat),
-        ("unlinkat", libc::SYS_unlinkat),
-        ("renameat", libc::SYS_renameat),
-        ("renameat2", libc::SYS_renameat2),
-        ("linkat", libc::SYS_linkat),
-        ("symlinkat", libc::SYS_symlinkat),
-        ("mknodat", libc::SYS_mknodat),
-        ("fchmod", libc::SYS_fchmod),
-        ("fchmodat", libc::SYS_fchmodat),
-        ("fchmodat2", 452),
-        ("fchown", libc::SYS_fchown),
-        ("fchownat", libc::SYS_fchownat),
-        ("utimensat", libc::SYS_utimensat),
-        ("setxattr", libc::SYS_setxattr),
-        ("lsetxattr", libc::SYS_lsetxattr),
-        ("fsetxattr", libc::SYS_fsetxattr),
         ("getxattr", libc::SYS_getxattr),
         ("lgetxattr", libc::SYS_lgetxattr),
         ("fgetxattr", libc::SYS_fgetxattr),
         ("listxattr", libc::SYS_listxattr),
         ("llistxattr", libc::SYS_llistxattr),
         ("flistxattr", libc::SYS_flistxattr),
-        ("removexattr", libc::SYS_removexattr),
-        ("lremovexattr", libc::SYS_lremovexattr),
-        ("fremovexattr", libc::SYS_fremovexattr),
         ("socket", libc::SYS_socket),
         ("socketpair", libc::SYS_socketpair),
         ("bind", libc::SYS_bind),
@@ -445,5 +424,9 @@ pub fn allowed() -> impl Iterator<Item = &'static (&'static str, i64)> {
         ("getpriority", libc::SYS_getpriority),
         ("wait4", libc::SYS_wait4),
     ];
-    EXTRA.iter().chain(COMMON.iter())
+    EXTRA
+        .iter()
+        .chain(COMMON)
+        .chain(FILE_CHANGES)
+        .chain(LEGACY_FILE_CHANGES)
 }

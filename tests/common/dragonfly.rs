@@ -393,22 +393,22 @@ impl Dfdaemon {
                 if let Ok(Some(_)) = self.child.try_wait() {
                     break;
                 }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(secs),
-                    "dfdaemon on {} not back after {secs} s ({spawns} spawns): {}",
-                    self.ip,
-                    self.logs()
-                );
+                self.not_yet(t0, secs, spawns);
                 std::thread::sleep(Duration::from_millis(200));
             }
-            assert!(
-                t0.elapsed() < Duration::from_secs(secs),
-                "dfdaemon on {} not back after {secs} s ({spawns} spawns): {}",
-                self.ip,
-                self.logs()
-            );
+            self.not_yet(t0, secs, spawns);
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Panics once `secs` have passed since `t0` in [`Dfdaemon::restart`].
+    fn not_yet(&self, t0: Instant, secs: u64, spawns: u32) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "dfdaemon on {} not back after {secs} s ({spawns} spawns): {}",
+            self.ip,
+            self.logs()
+        );
     }
 
     fn wait_healthy(&mut self) {
