@@ -341,7 +341,7 @@ pub fn run_virtiofs(
     // Like nydusd, the API answers RUNNING from its first request; here that also means
     // the filter already covers every thread, the API's among them.
     sandbox::lock_down(&sb)?;
-    crate::storage::registry::set_network_thread_hook(sandbox::confine_network_thread);
+    crate::thread_class::set_hook(sandbox::confine_thread);
     ctx.set_state(DaemonState::Running);
     if let Some(a) = &common.apisock {
         bind_private(a, group, || api::start(a, ctx.clone()))?;
@@ -408,6 +408,7 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
                 loop {
                     match ch.next_request() {
                         Ok(Some((reader, writer))) => {
+                            crate::thread_class::enter(crate::thread_class::ThreadClass::Guest);
                             let r =
                                 server.handle_message(reader, writer.into(), None, Some(&*hook));
                             hook.record_reply(&r);
@@ -427,7 +428,7 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
     }
     drop(done_tx);
     sandbox::lock_down(&sb)?;
-    crate::storage::registry::set_network_thread_hook(sandbox::confine_network_thread);
+    crate::thread_class::set_hook(sandbox::confine_thread);
     ctx.set_state(DaemonState::Running);
     if let Some(a) = &common.apisock {
         bind_private(a, common.security.socket_group, || {

@@ -10,6 +10,7 @@
 //! - [`api`]: the nydusd-compatible HTTP API on a unix socket.
 //! - [`overlay_helper`]: the `nydus-overlayfs` mount helper.
 //! - [`sandbox`]: least privilege: capabilities, no_new_privs, seccomp, mount namespace.
+//! - [`thread_class`]: which kind of work a thread does, for the sandbox's per-class filters.
 //! - [`daemon`]: process wiring, signals and the CLI's run loops.
 
 pub mod api;
@@ -22,4 +23,5 @@ pub mod overlay_helper;
 pub mod rafs;
 pub mod sandbox;
 pub mod storage;
+pub mod thread_class;
 pub mod vhost_user;

@@ -8,6 +8,8 @@ mod registry;
 #[path = "common/skip.rs"]
 mod skip;
 mod support;
+#[path = "common/vu_driver.rs"]
+mod vu_driver;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -316,11 +318,53 @@ fn the_network_filter_reads_but_never_changes_files() {
     assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"x");
 }
 
-/// In a running daemon serving RAFS from a real registry, the network threads (`rafs-net`)
-/// carry the network class's filter on top of the daemon's; no other thread does. The
-/// image reads back whole under it.
+/// The guest thread class: under the daemon's filter plus the guest one, a thread may read
+/// and write files, but not make a socket or a connection.
 #[test]
-fn network_threads_carry_their_own_filter() {
+fn the_guest_filter_serves_files_but_makes_no_sockets() {
+    let daemon = seccomp::build(SeccompMode::Kill, false).unwrap().unwrap();
+    let guest = seccomp::build_guest(SeccompMode::Kill).unwrap().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let file = std::ffi::CString::new(t.path().join("f").to_str().unwrap()).unwrap();
+    let run = |make_socket: bool| -> i32 {
+        // SAFETY: the child makes only async-signal-safe syscalls on memory prepared
+        // before the fork, and ends with _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                if install_filter(&daemon) != 0 || install_filter(&guest) != 0 {
+                    libc::_exit(99);
+                }
+                let fd = libc::open(file.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600);
+                if fd < 0 || libc::write(fd, b"y".as_ptr().cast(), 1) != 1 {
+                    libc::_exit(98);
+                }
+                if make_socket {
+                    libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                }
+                libc::_exit(7);
+            }
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+            st
+        }
+    };
+    let st = run(false);
+    assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 7, "{st:#x}");
+    assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"y");
+    let st = run(true);
+    assert!(
+        libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSYS,
+        "socket under the guest filter: {st:#x}"
+    );
+}
+
+/// In a running daemon serving RAFS from a real registry, the network threads (`rafs-net`)
+/// and the FUSE threads that served requests carry their class's filter on top of the
+/// daemon's; no other thread does. The image reads back whole under them.
+#[test]
+fn thread_classes_carry_their_own_filters() {
     let img = fixture();
     let reg = registry::Registry::start(None);
     for e in std::fs::read_dir(img.join("blobs")).unwrap() {
@@ -402,8 +446,37 @@ fn network_threads_carry_their_own_filter() {
     assert!(served > 0, "nothing came from the registry");
 
     let mut net = Vec::new();
+    let mut fuse = Vec::new();
     let mut other = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+    for (comm, filters) in thread_filters(d.pid()) {
+        if comm == "rafs-net" {
+            net.push(filters);
+        } else if comm.starts_with("fuse-") {
+            fuse.push(filters);
+        } else {
+            other.push((comm, filters));
+        }
+    }
+    eprintln!("Seccomp_filters: rafs-net threads {net:?}, fuse threads {fuse:?}, others {other:?}");
+    assert!(
+        net.iter().any(|&f| f >= 2),
+        "no network thread with its own filter: {net:?}"
+    );
+    // Threads that served no request since the lock-down have not stacked theirs yet.
+    assert!(
+        fuse.contains(&2) && fuse.iter().all(|&f| f <= 2),
+        "FUSE threads: {fuse:?}"
+    );
+    assert!(
+        other.iter().all(|(_, f)| *f == 1),
+        "other threads: {other:?}"
+    );
+}
+
+/// The threads of `pid` as (name, Seccomp_filters).
+fn thread_filters(pid: i32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
@@ -414,19 +487,47 @@ fn network_threads_carry_their_own_filter() {
             .find_map(|l| l.strip_prefix("Seccomp_filters:"))
             .map(|v| v.trim().parse().unwrap())
             .expect("a kernel that reports Seccomp_filters");
-        if comm.trim() == "rafs-net" {
-            net.push(filters);
-        } else {
-            other.push((comm.trim().to_string(), filters));
-        }
+        out.push((comm.trim().to_string(), filters));
     }
-    eprintln!("Seccomp_filters: rafs-net threads {net:?}, others {other:?}");
+    out
+}
+
+/// In virtiofs mode, the vring worker that served requests carries the guest class's
+/// filter; the vhost-user control thread and the others keep the daemon's alone (pool
+/// workers stack the class when they take a job).
+#[test]
+fn the_vring_workers_carry_the_guest_filter() {
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("f"), b"hello").unwrap();
+    let sock = t.path().join("vhost.sock");
+    let _d = Daemon::spawn(&[
+        "virtiofs",
+        "--sock",
+        sock.to_str().unwrap(),
+        "--shared-dir",
+        share.to_str().unwrap(),
+        "--log-level",
+        "warn",
+    ]);
+    assert!(wait_for_path(&sock, Duration::from_secs(10)), "no socket");
+    let mut drv = vu_driver::Driver::connect(&sock, 2);
+    drv.init();
+    let f = drv.lookup(1, 1, "f");
+    assert!(f > 1);
+    let threads = thread_filters(_d.pid());
+    eprintln!("Seccomp_filters: {threads:?}");
+    let (vring, other): (Vec<_>, Vec<_>) = threads.iter().partition(|(n, _)| n == "vring_worker");
     assert!(
-        net.iter().any(|&f| f >= 2),
-        "no network thread with its own filter: {net:?}"
+        vring.iter().any(|(_, f)| *f == 2) && vring.iter().all(|(_, f)| *f <= 2),
+        "vring workers: {vring:?}"
     );
     assert!(
-        other.iter().all(|(_, f)| *f == 1),
+        // Pool workers stack it when they take a job.
+        other
+            .iter()
+            .all(|(n, f)| *f == 1 || (n.starts_with("fuse-worker") && *f == 2)),
         "other threads: {other:?}"
     );
 }

@@ -5,7 +5,8 @@
 //! - every capability dropped (effective, permitted, inheritable, ambient and bounding)
 //!   except [`needed_caps`] for the configured filesystems;
 //! - a seccomp-BPF allowlist on every thread ([`seccomp`]), `--seccomp kill` by default,
-//!   with a tighter class stacked on the network threads ([`confine_network_thread`]).
+//!   with tighter classes stacked on the network and guest-serving threads
+//!   ([`confine_thread`]).
 //!
 //! Optional, `--sandbox namespace`: a private mount namespace whose root holds only the
 //! allowed trees, and in virtiofs mode a pid namespace ([`namespace`]), fenced again by
@@ -26,6 +27,8 @@ use std::sync::OnceLock;
 
 use caps::{CapSet, Capability};
 use seccompiler::BpfProgram;
+
+use crate::thread_class::ThreadClass;
 
 pub use self::seccomp::SeccompMode;
 
@@ -150,11 +153,12 @@ pub fn enter(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// The network thread class's filter, set by [`lock_down`] ([`confine_network_thread`]).
+/// The thread classes' filters, set by [`lock_down`] ([`confine_thread`]).
 static NETWORK_FILTER: OnceLock<BpfProgram> = OnceLock::new();
+static GUEST_FILTER: OnceLock<BpfProgram> = OnceLock::new();
 
 /// Installs the seccomp filter on every thread. Call when start-up is over. From then on,
-/// [`confine_network_thread`] also stacks the network class's filter on each network thread.
+/// [`confine_thread`] also stacks a class's filter on each thread of that class.
 pub fn lock_down(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     if let Some(prog) = seccomp::build(cfg.seccomp, cfg.fuse).map_err(|e| err("build", e))? {
         seccomp::apply_all_threads(&prog).map_err(|e| err("apply", e))?;
@@ -164,26 +168,33 @@ pub fn lock_down(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     if let Some(prog) = seccomp::build_network(cfg.seccomp).map_err(|e| err("build", e))? {
         let _ = NETWORK_FILTER.set(prog);
     }
+    if let Some(prog) = seccomp::build_guest(cfg.seccomp).map_err(|e| err("build", e))? {
+        let _ = GUEST_FILTER.set(prog);
+    }
     Ok(())
 }
 
-/// For the network threads (`storage::registry::set_network_thread_hook`): once
-/// [`lock_down`] has run, stacks the network class's filter (`seccomp::network_denied`) on
-/// the calling thread, once per thread. Before that, and with `--seccomp none`, it does
-/// nothing. Threads the network threads spawn inherit the filter.
-pub fn confine_network_thread() {
+/// The [`crate::thread_class`] hook: once [`lock_down`] has run, stacks `class`'s filter
+/// (`seccomp::network_denied`, `seccomp::GUEST_DENIED`) on the calling thread, once per
+/// thread. Before that, and with `--seccomp none`, it does nothing. Threads spawned later
+/// inherit the filters of the thread that spawns them.
+pub fn confine_thread(class: ThreadClass) {
     thread_local! {
         static DONE: Cell<bool> = const { Cell::new(false) };
     }
     if DONE.get() {
         return;
     }
-    let Some(prog) = NETWORK_FILTER.get() else {
+    let filter = match class {
+        ThreadClass::Network => &NETWORK_FILTER,
+        ThreadClass::Guest => &GUEST_FILTER,
+    };
+    let Some(prog) = filter.get() else {
         return;
     };
     DONE.set(true);
     if let Err(e) = seccomp::apply_this_thread(prog) {
-        log::error!("seccomp: network thread class not installed: {e}");
+        log::error!("seccomp: {class:?} thread class not installed: {e}");
     }
 }
 

@@ -93,7 +93,7 @@ pub fn build_waiter(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
 /// registries and proxies send, and nothing else) may not do, on top of [`allowed`]: switch
 /// credentials, open by file handle, or change any file. They keep reading files (DNS
 /// configuration, certificates) and every socket call. Installed per thread once the
-/// daemon is locked down (src/sandbox/mod.rs, `confine_network_thread`).
+/// daemon is locked down (src/sandbox/mod.rs, `confine_thread`).
 pub const NETWORK_DENIED: &[(&str, i64)] = &[
     ("setresuid", libc::SYS_setresuid),
     ("setresgid", libc::SYS_setresgid),
@@ -161,6 +161,41 @@ pub fn network_denied() -> impl Iterator<Item = &'static (&'static str, i64)> {
         .chain(LEGACY_FILE_CHANGES)
 }
 
+/// What the guest thread class (vhost-user queues, the worker pool, FUSE threads: the code
+/// that parses guest requests) may not do on top of [`allowed`]: make sockets or
+/// connections. They serve files; the network runtime and the API have their own threads.
+pub const GUEST_DENIED: &[(&str, i64)] = &[
+    ("socket", libc::SYS_socket),
+    ("connect", libc::SYS_connect),
+    ("bind", libc::SYS_bind),
+    ("listen", libc::SYS_listen),
+    ("accept", libc::SYS_accept),
+    ("accept4", libc::SYS_accept4),
+];
+
+/// The guest thread class's filter: [`GUEST_DENIED`] gets `mode`'s action; everything else
+/// is left to the daemon's filter below it.
+pub fn build_guest(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
+    let Some(action) = mismatch_action(mode) else {
+        return Ok(None);
+    };
+    let rules = GUEST_DENIED.iter().map(|(_, nr)| (*nr, vec![])).collect();
+    stacked(rules, action)
+}
+
+/// A filter to stack on a thread class: `rules` get `action`, everything else is allowed
+/// (and so left to the daemon's filter below it).
+fn stacked(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    action: SeccompAction,
+) -> Result<Option<BpfProgram>, String> {
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch()?)
+        .map_err(|e| format!("seccomp: {e:?}"))?;
+    Ok(Some(
+        filter.try_into().map_err(|e| format!("seccomp: {e:?}"))?,
+    ))
+}
+
 /// Rules that match an open for writing, creating or truncating, whose flags are argument
 /// `arg`.
 fn open_for_change(arg: u8) -> Result<Vec<SeccompRule>, String> {
@@ -194,11 +229,7 @@ pub fn build_network(mode: SeccompMode) -> Result<Option<BpfProgram>, String> {
     rules.insert(libc::SYS_openat, open_for_change(2)?);
     #[cfg(target_arch = "x86_64")]
     rules.insert(libc::SYS_open, open_for_change(1)?);
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch()?)
-        .map_err(|e| format!("seccomp: {e:?}"))?;
-    Ok(Some(
-        filter.try_into().map_err(|e| format!("seccomp: {e:?}"))?,
-    ))
+    stacked(rules, action)
 }
 
 /// The allowlist as a BPF program whose default action is `mode`'s.

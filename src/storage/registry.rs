@@ -157,22 +157,11 @@ impl BackendMetrics {
     }
 }
 
-/// Called on every network thread when it starts and each time it wakes to run tasks
-/// ([`set_network_thread_hook`]).
-static NET_THREAD_HOOK: OnceLock<fn()> = OnceLock::new();
-
-/// Run `hook` on every thread of the network runtime (named `rafs-net`) when it starts
-/// and each time it wakes. These threads parse what registries and proxies send and
-/// nothing else; the daemon uses this to confine them further (src/sandbox/seccomp.rs,
-/// the network thread class). Set once; later calls are ignored.
-pub fn set_network_thread_hook(hook: fn()) {
-    let _ = NET_THREAD_HOOK.set(hook);
-}
-
-fn run_network_thread_hook() {
-    if let Some(h) = NET_THREAD_HOOK.get() {
-        h()
-    }
+/// Marks the calling thread as a network thread ([`crate::thread_class`]): these threads
+/// parse what registries and proxies send and nothing else, and the daemon confines them
+/// further.
+fn network_thread() {
+    crate::thread_class::enter(crate::thread_class::ThreadClass::Network)
 }
 
 /// The process-wide runtime for network I/O.
@@ -182,8 +171,8 @@ fn runtime() -> &'static tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("rafs-net")
-            .on_thread_start(run_network_thread_hook)
-            .on_thread_unpark(run_network_thread_hook)
+            .on_thread_start(network_thread)
+            .on_thread_unpark(network_thread)
             .enable_all()
             .build()
             .expect("cannot start the network runtime")

@@ -490,6 +490,7 @@ impl VhostUserBackend for VhostUserFsBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        crate::thread_class::enter(crate::thread_class::ThreadClass::Guest);
         if device_event == self.sweep_event() {
             return self.sweep(thread_id, vrings);
         }

@@ -139,6 +139,7 @@ fn spawn_worker(shared: &Arc<Shared>, index: usize, resident: bool) -> std::io::
             if let Some(job) = q.jobs.pop_front() {
                 q.idle -= 1;
                 drop(q);
+                crate::thread_class::enter(crate::thread_class::ThreadClass::Guest);
                 job();
                 q = lock();
                 q.idle += 1;
