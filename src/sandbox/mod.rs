@@ -156,6 +156,20 @@ pub fn enter(cfg: &SandboxConfig) -> Result<(), SandboxError> {
 /// The thread classes' filters, set by [`lock_down`] ([`confine_thread`]).
 static NETWORK_FILTER: OnceLock<BpfProgram> = OnceLock::new();
 static GUEST_FILTER: OnceLock<BpfProgram> = OnceLock::new();
+/// How many seccomp filters a thread has right after [`lock_down`] (the daemon's, plus any
+/// the process was started under); a thread with more already carries a class.
+static LOCKED_FILTERS: OnceLock<u32> = OnceLock::new();
+
+/// The calling thread's seccomp filter count (`Seccomp_filters`, Linux 5.9+).
+fn own_filter_count() -> Option<u32> {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp_filters:"))?
+        .trim()
+        .parse()
+        .ok()
+}
 
 /// Installs the seccomp filter on every thread. Call when start-up is over. From then on,
 /// [`confine_thread`] also stacks a class's filter on each thread of that class.
@@ -171,13 +185,18 @@ pub fn lock_down(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     if let Some(prog) = seccomp::build_guest(cfg.seccomp).map_err(|e| err("build", e))? {
         let _ = GUEST_FILTER.set(prog);
     }
+    if let Some(n) = own_filter_count() {
+        let _ = LOCKED_FILTERS.set(n);
+    }
     Ok(())
 }
 
 /// The [`crate::thread_class`] hook: once [`lock_down`] has run, stacks `class`'s filter
 /// (`seccomp::network_denied`, `seccomp::GUEST_DENIED`) on the calling thread, once per
-/// thread. Before that, and with `--seccomp none`, it does nothing. Threads spawned later
-/// inherit the filters of the thread that spawns them.
+/// thread. Before that, and with `--seccomp none`, it does nothing. A thread spawned by a
+/// thread of a class inherits its filters; it is seen to have more than the lock-down
+/// count and gets no second copy (each copy would run on every syscall). Where the kernel
+/// does not report the count (before 5.9), such a thread stacks a second copy.
 pub fn confine_thread(class: ThreadClass) {
     thread_local! {
         static DONE: Cell<bool> = const { Cell::new(false) };
@@ -193,6 +212,11 @@ pub fn confine_thread(class: ThreadClass) {
         return;
     };
     DONE.set(true);
+    if let (Some(now), Some(locked)) = (own_filter_count(), LOCKED_FILTERS.get()) {
+        if now > *locked {
+            return;
+        }
+    }
     if let Err(e) = seccomp::apply_this_thread(prog) {
         log::error!("seccomp: {class:?} thread class not installed: {e}");
     }

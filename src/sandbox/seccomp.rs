@@ -254,8 +254,8 @@ pub fn build(mode: SeccompMode, allow_umount: bool) -> Result<Option<BpfProgram>
         libc::SYS_unshare,
         vec![SeccompRule::new(vec![clone_fs]).map_err(|e| format!("seccomp: {e:?}"))?],
     );
-    // seccomp: only to stack one more filter on the calling thread (the network thread
-    // class), never with flags (no TSYNC, no user-notification listener). A filter can
+    // seccomp: only to stack one more filter on the calling thread (a thread class,
+    // src/sandbox/mod.rs `confine_thread`), never with flags (no TSYNC, no user-notification listener). A filter can
     // only narrow what its thread may do.
     let seccomp_rule = SeccompRule::new(vec![
         SeccompCondition::new(
