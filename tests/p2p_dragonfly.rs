@@ -366,9 +366,13 @@ mod p2p {
 
         let m1 = read(&files[..third]);
         assert!(count(&m1, "proxy_p2p_reads") > 0, "before the kill: {m1}");
-        // SIGKILL: after serving a download, dfdaemon 1.5.1 did not exit within 120 s of a
-        // SIGTERM here (docs/p2p.md, "Restarting a peer").
-        peer.stop(libc::SIGKILL);
+        if std::env::var_os("RV_P2P_SIGTERM_PROBE").is_some() {
+            sigterm_probe(&bin, &sched_addr.to_string(), &mut peer);
+        } else {
+            // SIGKILL: after serving a download, dfdaemon 1.5.1 did not exit within 120 s
+            // of a SIGTERM here (docs/p2p.md, "Restarting a peer").
+            peer.stop(libc::SIGKILL, Duration::ZERO);
+        }
         let m2 = read(&files[third..2 * third]);
         assert!(
             count(&m2, "proxy_fallbacks") > count(&m1, "proxy_fallbacks"),
@@ -394,6 +398,25 @@ mod p2p {
             count(&m3, "proxy_fallbacks"),
             count(&m2, "proxy_fallbacks"),
             "peer back, yet still falling back: {m3}"
+        );
+    }
+
+    /// With `RV_P2P_SIGTERM_PROBE` set, [`a_restarted_peer`] measures what a SIGTERM does
+    /// (docs/p2p.md, "Restarting a peer") instead of killing the peer at once: an idle
+    /// dfdaemon's exit, a second dfdaemon started on the same config meanwhile, and the
+    /// exit of the peer that served the reads (SIGKILL after 120 s). It prints the figures.
+    fn sigterm_probe(bin: &OsString, scheduler: &str, peer: &mut Dfdaemon) {
+        let mut idle = Dfdaemon::start(bin, "127.0.0.1", "idle", scheduler, false);
+        std::thread::sleep(Duration::from_secs(3));
+        let (took, in_time) = idle.stop(libc::SIGTERM, Duration::from_secs(120));
+        eprintln!("idle dfdaemon: SIGTERM, exited after {took:?} (in time: {in_time})");
+        peer.signal(libc::SIGTERM);
+        std::thread::sleep(Duration::from_secs(2));
+        let (st, line) = peer.start_second();
+        eprintln!("second dfdaemon on the same config 2 s after the SIGTERM: {st:?}: {line}");
+        let (took, in_time) = peer.stop(libc::SIGTERM, Duration::from_secs(120));
+        eprintln!(
+            "dfdaemon that served the reads: SIGTERM, exited after {took:?} (in time: {in_time})"
         );
     }
 

@@ -361,19 +361,57 @@ impl Dfdaemon {
     }
 
     /// Stop the peer with `sig` and wait for it (its ports and dirs stay configured for
-    /// [`Dfdaemon::restart`]). A peer that outlives a SIGTERM by 20 s gets SIGKILL.
-    /// Returns how long it took to exit.
-    pub fn stop(&mut self, sig: i32) -> Duration {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+    /// [`Dfdaemon::restart`]). A peer still running after `limit` gets SIGKILL. Returns how
+    /// long it took to exit, and whether it exited before `limit`.
+    pub fn stop(&mut self, sig: i32, limit: Duration) -> (Duration, bool) {
+        self.signal(sig);
         let t0 = Instant::now();
+        let mut in_time = true;
         while self.child.try_wait().unwrap().is_none() {
-            if t0.elapsed() > Duration::from_secs(20) {
+            if in_time && t0.elapsed() > limit {
+                in_time = false;
                 let _ = self.child.kill();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        t0.elapsed()
+        (t0.elapsed(), in_time)
+    }
+
+    /// Send `sig` to the peer without waiting.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Start a second dfdaemon on this peer's config and dirs while this one still runs, and
+    /// wait up to 30 s for it to exit. Returns its exit status (`None`: still running, then
+    /// killed) and the last line it wrote.
+    pub fn start_second(&self) -> (Option<std::process::ExitStatus>, String) {
+        let before = self.stdout().len();
+        let mut c = Self::spawn(&self.bin, self.dir.path());
+        let t0 = Instant::now();
+        let st = loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                break Some(st);
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                let _ = c.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let out = self.stdout();
+        let line = out[before.min(out.len())..]
+            .lines()
+            .find(|l| l.contains("rror"))
+            .unwrap_or("")
+            .to_string();
+        (st, line)
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }
 
     /// Start the killed peer again on the same ports and dirs, respawning while it exits
@@ -432,7 +470,7 @@ impl Dfdaemon {
     }
 
     pub fn logs(&self) -> String {
-        let mut s = std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default();
+        let mut s = self.stdout();
         for e in walk(&self.dir.path().join("log")) {
             s += &std::fs::read_to_string(e).unwrap_or_default();
         }
