@@ -286,6 +286,28 @@ impl RafsConfig {
         }
     }
 
+    /// Rewrites every host path of the config (localfs `dir`, `alt_dirs` and `blob_file`,
+    /// the cache `work_dir`) with `f`, e.g. into a chrooted daemon's view.
+    pub fn map_paths<E>(
+        &mut self,
+        mut f: impl FnMut(&Path) -> Result<PathBuf, E>,
+    ) -> Result<(), E> {
+        if let BackendConfig::LocalFs(l) = &mut self.backend {
+            for p in l
+                .dir
+                .iter_mut()
+                .chain(&mut l.alt_dirs)
+                .chain(&mut l.blob_file)
+            {
+                *p = f(p)?;
+            }
+        }
+        if let Some(w) = &mut self.cache.work_dir {
+            *w = f(w)?;
+        }
+        Ok(())
+    }
+
     /// Parse v2 JSON, v1 JSON or v2 TOML (detected from the text).
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(s: &str) -> Result<RafsConfig, ConfigError> {

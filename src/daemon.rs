@@ -108,7 +108,7 @@ impl Default for SecurityOptions {
 
 impl CommonOptions {
     /// The sandbox for these options; `sockets` are the sockets the daemon will create.
-    fn sandbox_config(&self, sockets: &[&Path], fuse: bool) -> SandboxConfig {
+    fn sandbox_config(&self, sockets: &[&Path], fuse: bool) -> Result<SandboxConfig, DaemonError> {
         let mut visible = self.security.allowed_roots.clone();
         let m = &self.mounts;
         visible.extend(m.shared_dir.iter().cloned());
@@ -123,13 +123,56 @@ impl CommonOptions {
                 });
             }
         }
-        SandboxConfig {
+        let chroot = match self.security.sandbox {
+            SandboxMode::Chroot => Some(self.chroot_root()?),
+            _ => None,
+        };
+        Ok(SandboxConfig {
             mode: self.security.sandbox,
             seccomp: self.security.seccomp,
             visible,
             passthrough: m.shared_dir.is_some() || self.apisock.is_some(),
             fuse,
+            chroot,
+        })
+    }
+
+    /// `--sandbox chroot`'s root: the one `--allowed-root`, else the shared dir, canonical.
+    /// The start-up bootstrap, config and shared dir must lie under it (the sockets need
+    /// not: they are bound before the chroot).
+    fn chroot_root(&self) -> Result<PathBuf, DaemonError> {
+        let roots = &self.security.allowed_roots;
+        let root = match (roots.as_slice(), &self.mounts.shared_dir) {
+            ([one], _) => one.clone(),
+            ([], Some(dir)) => dir.clone(),
+            ([], None) => {
+                return Err(DaemonError::Usage(
+                    "--sandbox chroot needs the tree to chroot into: --allowed-root DIR (or --shared-dir)"
+                        .into(),
+                ))
+            }
+            _ => {
+                return Err(DaemonError::Usage(
+                    "--sandbox chroot confines to one tree: give one --allowed-root (--sandbox namespace takes several)"
+                        .into(),
+                ))
+            }
+        };
+        let root = std::fs::canonicalize(&root).map_err(|e| {
+            DaemonError::Usage(format!("--sandbox chroot root {}: {e}", root.display()))
+        })?;
+        let m = &self.mounts;
+        for p in m.shared_dir.iter().chain(&m.bootstrap).chain(&m.config) {
+            let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+            if !real.starts_with(&root) {
+                return Err(DaemonError::Usage(format!(
+                    "{} is outside the chroot {} (--sandbox chroot)",
+                    p.display(),
+                    root.display()
+                )));
+            }
         }
+        Ok(root)
     }
 }
 
@@ -239,10 +282,17 @@ pub fn mount_startup(tree: &FsTree, m: &StartupMounts) -> Result<(), DaemonError
     }
     if let Some(bootstrap) = &m.bootstrap {
         let config = match &m.config {
-            Some(c) => std::fs::read_to_string(c).map_err(|e| DaemonError::Mount {
-                mountpoint: m.virtual_mountpoint.clone().unwrap_or_else(|| "/".into()),
-                source: MountError::Rafs(format!("cannot read config {}: {e}", c.display())),
-            })?,
+            Some(c) => tree
+                .host_path(c)
+                .and_then(|c| {
+                    std::fs::read_to_string(&c).map_err(|e| {
+                        MountError::Rafs(format!("cannot read config {}: {e}", c.display()))
+                    })
+                })
+                .map_err(|e| DaemonError::Mount {
+                    mountpoint: m.virtual_mountpoint.clone().unwrap_or_else(|| "/".into()),
+                    source: e,
+                })?,
             None => return Err(DaemonError::Usage("--bootstrap needs --config".to_string())),
         };
         let mp = m.virtual_mountpoint.clone().unwrap_or_else(|| "/".into());
@@ -263,8 +313,13 @@ pub fn mount_startup(tree: &FsTree, m: &StartupMounts) -> Result<(), DaemonError
 }
 
 /// The roots API mounts must lie under: `--allowed-root`s (and, in the namespace sandbox, the
-/// shared dir), or none (anywhere) when no root is given.
+/// shared dir), or none (anywhere) when no root is given. Under `--sandbox chroot`, none
+/// here: the chroot itself is the bound.
 fn allowed_roots(common: &CommonOptions) -> Vec<PathBuf> {
+    if common.security.sandbox == SandboxMode::Chroot {
+        // The chroot is the one root; FsTree::host_path refuses what lies outside it.
+        return Vec::new();
+    }
     let mut v = common.security.allowed_roots.clone();
     if !v.is_empty() || common.security.sandbox == SandboxMode::Namespace {
         v.extend(common.mounts.shared_dir.iter().cloned());
@@ -310,16 +365,25 @@ pub fn run_virtiofs(
             "--num-request-queues must be in 1..={MAX_REQUEST_QUEUES}"
         )));
     }
-    let sb = common.sandbox_config(&[sock], false);
+    let sb = common.sandbox_config(&[sock], false)?;
+    // The sockets are bound before the sandbox, while their paths are in reach (under
+    // `--sandbox chroot` they may lie outside the root); connections wait in the backlog
+    // until start-up is over.
+    let group = common.security.socket_group;
+    let mut listener = bind_private(sock, group, || vhost_user::listen(sock))?;
+    let api_listener = match &common.apisock {
+        Some(a) => Some(bind_private(a, group, || api::bind(a))?),
+        None => None,
+    };
     sandbox::enter(&sb)?;
     let signals = signal_channel()?;
     let tree = Arc::new(FsTree::new());
+    if let Some(root) = &sb.chroot {
+        tree.set_host_root(root);
+    }
     tree.set_allowed_roots(allowed_roots(common));
     mount_startup(&tree, &common.mounts)?;
     let ctx = ApiContext::new(tree.clone(), common.id.clone());
-
-    let group = common.security.socket_group;
-    let mut listener = bind_private(sock, group, || vhost_user::listen(sock))?;
     log::info!("vhost-user-fs socket listening on {}", sock.display());
 
     let cfg = DeviceConfig {
@@ -343,8 +407,8 @@ pub fn run_virtiofs(
     sandbox::lock_down(&sb)?;
     crate::thread_class::set_hook(sandbox::confine_thread);
     ctx.set_state(DaemonState::Running);
-    if let Some(a) = &common.apisock {
-        bind_private(a, group, || api::start(a, ctx.clone()))?;
+    if let (Some(a), Some(l)) = (&common.apisock, api_listener) {
+        api::serve(l, ctx.clone())?;
         log::info!("API listening on {}", a.display());
     }
 
@@ -361,9 +425,11 @@ pub fn run_virtiofs(
     };
     stop.store(true, Ordering::Release);
     ctx.set_state(DaemonState::Stopped);
-    let _ = std::fs::remove_file(sock);
-    if let Some(a) = &common.apisock {
-        let _ = std::fs::remove_file(a);
+    for s in std::iter::once(sock).chain(common.apisock.as_deref()) {
+        // Under `--sandbox chroot` a socket outside the root stays (the next bind replaces it).
+        if let Ok(p) = tree.host_path(s) {
+            let _ = std::fs::remove_file(p);
+        }
     }
     result
 }
@@ -371,13 +437,16 @@ pub fn run_virtiofs(
 /// Runs FUSE mode: mounts the tree at `mountpoint` through /dev/fuse until SIGTERM/SIGINT
 /// or until the mount is removed (e.g. `umount`).
 pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonError> {
-    if common.security.sandbox == SandboxMode::Namespace {
+    if matches!(
+        common.security.sandbox,
+        SandboxMode::Namespace | SandboxMode::Chroot
+    ) {
         return Err(DaemonError::Usage(
-            "--sandbox namespace is for virtiofs mode (the FUSE mount must stay visible on the host)"
+            "--sandbox namespace and chroot are for virtiofs mode (the FUSE mount must stay visible on the host)"
                 .into(),
         ));
     }
-    let sb = common.sandbox_config(&[], true);
+    let sb = common.sandbox_config(&[], true)?;
     sandbox::enter(&sb)?;
     let signals = signal_channel()?;
     let tree = Arc::new(FsTree::new());

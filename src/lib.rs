@@ -10,6 +10,7 @@
 //! - [`api`]: the nydusd-compatible HTTP API on a unix socket.
 //! - [`overlay_helper`]: the `nydus-overlayfs` mount helper.
 //! - [`sandbox`]: least privilege: capabilities, no_new_privs, seccomp, mount namespace.
+//! - [`procfs`]: the host's `/proc`, opened once, so it stays reachable after a chroot.
 //! - [`thread_class`]: which kind of work a thread does, for the sandbox's per-class filters.
 //! - [`daemon`]: process wiring, signals and the CLI's run loops.
 
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod fs;
 pub mod fusedev;
 pub mod overlay_helper;
+pub mod procfs;
 pub mod rafs;
 pub mod sandbox;
 pub mod storage;

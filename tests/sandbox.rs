@@ -844,3 +844,219 @@ fn landlock_abi() -> i64 {
     let r = unsafe { libc::syscall(444, std::ptr::null::<u8>(), 0usize, 1u32) };
     r.max(0)
 }
+
+const FUSE_SETXATTR: u32 = 21;
+const FUSE_GETXATTR: u32 = 22;
+
+/// `--sandbox chroot`, the fallback where namespaces are not allowed: the daemon's root is
+/// the one allowed tree; sockets outside it were bound before the chroot and work; host
+/// paths given later (API sources, config paths) are mapped under it or refused with a
+/// 403 naming the rule; mounts made later under it are servable; and the passthrough's
+/// `/proc/self/fd` paths (xattrs) still work without a `/proc` in the root.
+#[test]
+fn chroot_sandbox_confines_to_one_tree() {
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = t.path().join("allowed");
+    let outside = t.path().join("outside");
+    let sockdir = t.path().join("sock");
+    for d in [&root, &outside, &sockdir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let share = root.join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("f"), b"in the share").unwrap();
+    std::os::unix::fs::symlink("/etc", share.join("etc")).unwrap();
+    let r = root.display().to_string();
+
+    // Refused at start: two roots, or a share outside the one root.
+    for bad in [
+        vec![
+            "--allowed-root",
+            &r,
+            "--allowed-root",
+            t.path().to_str().unwrap(),
+        ],
+        vec![
+            "--allowed-root",
+            &r,
+            "--shared-dir",
+            outside.to_str().unwrap(),
+        ],
+        vec![],
+    ] {
+        let mut args = vec![
+            "virtiofs",
+            "--sock",
+            "/var/tmp/rv-chroot-never.sock",
+            "--sandbox",
+            "chroot",
+        ];
+        args.extend(bad.iter().copied());
+        let out = Command::new(bin()).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--sandbox chroot"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let api = sockdir.join("api.sock");
+    let sock = sockdir.join("vhost.sock");
+    let share_arg = share.display().to_string();
+    let d = start(
+        &[
+            "virtiofs",
+            "--apisock",
+            api.to_str().unwrap(),
+            "--sock",
+            sock.to_str().unwrap(),
+            "--sandbox",
+            "chroot",
+            "--allowed-root",
+            &r,
+            "--shared-dir",
+            &share_arg,
+            "--log-level",
+            "info",
+        ],
+        &api,
+    );
+    let pid = d.pid();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
+        std::fs::canonicalize(&root).unwrap(),
+        "the daemon's root is the allowed tree"
+    );
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(
+        u64::from_str_radix(&status_field(pid, "CapEff"), 16).unwrap(),
+        cap_mask(true, false)
+    );
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let body = |src: &Path| {
+        serde_json::json!({"fs_type": "passthrough_fs", "source": src, "config": ""}).to_string()
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    // Outside the root, and a `..` way out of it: 403 naming the rule.
+    for src in [outside.clone(), root.join("../outside")] {
+        let resp = http(
+            &api,
+            "POST",
+            "/api/v1/mount?mountpoint=/out",
+            Some(&body(&src)),
+        );
+        assert_eq!(resp.status, 403, "{}", text(&resp.body));
+        assert!(
+            text(&resp.body).contains("outside the chroot"),
+            "{}",
+            text(&resp.body)
+        );
+    }
+    // Under it, by its host path.
+    let resp = http(
+        &api,
+        "POST",
+        "/api/v1/mount?mountpoint=/in",
+        Some(&body(&share)),
+    );
+    assert_eq!(resp.status, 204, "{}", text(&resp.body));
+
+    // A RAFS image the host mounts under the root after start: servable, its config's
+    // paths mapped too; a cache work dir outside the root refused.
+    let late = root.join("late");
+    std::fs::create_dir(&late).unwrap();
+    sh(&format!("mount -t tmpfs tmpfs {}", late.display()));
+    let _u = Unmount(late.clone());
+    sh(&format!(
+        "cp -r {}/. {}",
+        fixture().display(),
+        late.display()
+    ));
+    let rafs = |work: &Path| {
+        let cfg = serde_json::json!({
+            "device": {
+                "backend": {"type": "localfs", "config": {"dir": late.join("blobs")}},
+                "cache": {"type": "blobcache", "config": {"work_dir": work}}
+            },
+            "mode": "direct"
+        })
+        .to_string();
+        serde_json::json!({"fs_type": "rafs", "source": late.join("image.boot"), "config": cfg})
+            .to_string()
+    };
+    let resp = http(
+        &api,
+        "POST",
+        "/api/v1/mount?mountpoint=/bad",
+        Some(&rafs(&outside)),
+    );
+    assert_eq!(resp.status, 403, "{}", text(&resp.body));
+    assert!(text(&resp.body).contains("outside the chroot"));
+    let cache = root.join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let resp = http(
+        &api,
+        "POST",
+        "/api/v1/mount?mountpoint=/rafs",
+        Some(&rafs(&cache)),
+    );
+    assert_eq!(resp.status, 204, "{}", text(&resp.body));
+    // The mount table shows the host paths the caller gave.
+    let resp = http(&api, "GET", "/api/v1/daemon", None);
+    assert!(text(&resp.body).contains(late.join("image.boot").to_str().unwrap()));
+
+    // Through the device: the share's file, a symlink to /etc that stays a symlink (the
+    // guest resolves it, in its own tree), and xattrs.
+    let mut drv = vu_driver::Driver::connect(&sock, 2);
+    drv.init();
+    let (err, rp) = drv.call(1, vu_driver::FUSE_LOOKUP, 1, &vu_driver::name_body(b"etc"));
+    assert_eq!(err, 0);
+    let mode = drv.mem.u32_at(rp + 16 + 40 + 60);
+    assert_eq!(
+        mode & libc::S_IFMT,
+        libc::S_IFLNK,
+        "a symlink, not host /etc"
+    );
+    let f = drv.lookup(1, 1, "f");
+    let mut set = Vec::new();
+    set.extend_from_slice(&5u32.to_le_bytes());
+    set.extend_from_slice(&0u32.to_le_bytes());
+    set.extend_from_slice(b"user.rv\0value");
+    let (err, _) = drv.call(1, FUSE_SETXATTR, f, &set);
+    assert_eq!(err, 0, "setxattr in the chroot");
+    let mut get = Vec::new();
+    get.extend_from_slice(&64u32.to_le_bytes());
+    get.extend_from_slice(&0u32.to_le_bytes());
+    get.extend_from_slice(b"user.rv\0");
+    let (err, rp) = drv.call(1, FUSE_GETXATTR, f, &get);
+    assert_eq!(err, 0, "getxattr in the chroot");
+    assert_eq!(drv.mem.read(rp + 16, 5), b"value");
+    assert_eq!(
+        xattr_of(&share.join("f"), "user.rv").as_deref(),
+        Some(&b"value"[..]),
+        "the host file carries it"
+    );
+    drop(drv);
+
+    // SIGTERM: a clean exit; the sockets outside the root stay for the next bind.
+    let mut d = d;
+    let (_, code) = d
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+        .expect("exits on SIGTERM");
+    assert_eq!(code, 0);
+}
+
+fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings and a writable buffer of the given length.
+    let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| buf[..r as usize].to_vec())
+}

@@ -111,11 +111,26 @@ pub const MAX_API_CONNECTIONS: usize = 64;
 /// Binds the API socket at `path` (removing a stale file) and serves it on a background
 /// thread, one thread per connection, at most [`MAX_API_CONNECTIONS`] at once.
 pub fn start(path: &Path, ctx: Arc<ApiContext>) -> Result<(), ApiError> {
+    serve(bind(path)?, ctx)
+}
+
+/// Binds the API socket at `path`, removing a stale file; [`serve`] serves it later (the
+/// daemon binds before it confines itself, when the path is still reachable).
+pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|e| ApiError::Bind {
+    UnixListener::bind(path).map_err(|e| ApiError::Bind {
         path: path.display().to_string(),
         source: e,
-    })?;
+    })
+}
+
+/// Serves a bound API socket on a background thread, as [`start`].
+pub fn serve(listener: UnixListener, ctx: Arc<ApiContext>) -> Result<(), ApiError> {
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+        .unwrap_or_default();
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("api-server".into())
@@ -153,10 +168,7 @@ pub fn start(path: &Path, ctx: Arc<ApiContext>) -> Result<(), ApiError> {
                 }
             }
         })
-        .map_err(|e| ApiError::Bind {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        .map_err(|e| ApiError::Bind { path, source: e })?;
     Ok(())
 }
 

@@ -62,15 +62,17 @@ struct GlobalOpts {
     #[arg(long, global = true, hide = true)]
     supervisor: Option<String>,
     /// Filesystem confinement: namespace (a private mount namespace holding only the
-    /// allowed trees) or none. Default none. virtiofsd's `--sandbox` (no chroot mode here).
-    #[arg(long, global = true, default_value = "none", value_parser = ["namespace", "none"])]
+    /// allowed trees), chroot (into the one --allowed-root, else the shared dir; where
+    /// namespaces are not allowed) or none. Default none. As virtiofsd's `--sandbox`.
+    #[arg(long, global = true, default_value = "none", value_parser = ["namespace", "chroot", "none"])]
     sandbox: String,
     /// Action for a syscall outside the seccomp allowlist: kill, log, trap or none. Default
     /// kill (or $RAFS_VIRTIOFSD_SECCOMP). As virtiofsd's `--seccomp`.
     #[arg(long, global = true, value_parser = ["kill", "log", "trap", "none"])]
     seccomp: Option<String>,
     /// A tree API mounts may take sources from (repeatable); with `--sandbox namespace` the
-    /// only trees the daemon sees besides shares and sockets. Default: anywhere (no sandbox).
+    /// only trees the daemon sees besides shares and sockets; with `--sandbox chroot` (once)
+    /// the chroot. Default: anywhere (no sandbox).
     #[arg(long = "allowed-root", global = true)]
     allowed_roots: Vec<PathBuf>,
     /// Group (name or gid) given the sockets, which are then 0660. Default: none (0600).

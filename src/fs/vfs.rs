@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -90,6 +90,9 @@ pub enum MountError {
     /// The source is outside every `--allowed-root`.
     #[error("source {0:?} is outside the allowed roots ({1}); see --allowed-root")]
     NotAllowed(String, String),
+    /// Under `--sandbox chroot`, a path the daemon cannot reach.
+    #[error("{0:?} is outside the chroot {1} (--sandbox chroot: sources and config paths must lie under it, given without \"..\")")]
+    OutsideChroot(String, String),
 }
 
 impl MountError {
@@ -98,7 +101,7 @@ impl MountError {
         match self {
             MountError::UnknownFsType(_) | MountError::BadMountpoint(..) => 400,
             MountError::NotMounted(_) => 404,
-            MountError::NotAllowed(..) => 403,
+            MountError::NotAllowed(..) | MountError::OutsideChroot(..) => 403,
             MountError::AlreadyMounted(_) => 409,
             MountError::Passthrough(_) | MountError::Rafs(_) | MountError::Vfs(_) => 500,
         }
@@ -345,6 +348,42 @@ impl InlineReads {
     }
 }
 
+/// Where a chrooted daemon's `/` is on the host, under the spelling it was given and its
+/// canonical one (a host path may come in either).
+#[derive(Debug, Clone)]
+struct HostRoot {
+    given: PathBuf,
+    canonical: PathBuf,
+}
+
+impl HostRoot {
+    fn new(root: &Path) -> Self {
+        HostRoot {
+            given: root.to_path_buf(),
+            canonical: std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
+        }
+    }
+
+    /// The chroot's view of the host path `p`. Lexical: `p` must be absolute, free of
+    /// `..` (the kernel, not a string, would resolve those) and below the root.
+    fn map(&self, p: &Path) -> Result<PathBuf, MountError> {
+        let refuse = || {
+            MountError::OutsideChroot(
+                p.display().to_string(),
+                self.canonical.display().to_string(),
+            )
+        };
+        if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(refuse());
+        }
+        let rest = p
+            .strip_prefix(&self.canonical)
+            .or_else(|_| p.strip_prefix(&self.given))
+            .map_err(|_| refuse())?;
+        Ok(Path::new("/").join(rest))
+    }
+}
+
 /// The daemon's filesystem tree: the [`Vfs`] plus its mount table and counters.
 pub struct FsTree {
     vfs: Arc<Vfs>,
@@ -352,6 +391,8 @@ pub struct FsTree {
     metrics: Arc<FsMetrics>,
     /// Where mount sources may lie (empty: anywhere).
     allowed_roots: Mutex<Vec<std::path::PathBuf>>,
+    /// Under `--sandbox chroot`, where the daemon's `/` is on the host.
+    host_root: Mutex<Option<HostRoot>>,
     /// Which reads and writes may be served inline (see [`InlineReads`]).
     inline: Arc<InlineReads>,
 }
@@ -372,6 +413,7 @@ impl FsTree {
             mounts,
             metrics: Arc::new(FsMetrics::new()),
             allowed_roots: Mutex::new(Vec::new()),
+            host_root: Mutex::new(None),
             inline: Arc::new(InlineReads::default()),
         }
     }
@@ -410,6 +452,22 @@ impl FsTree {
             .collect();
     }
 
+    /// Declares that the daemon's `/` is the host directory `root` (`--sandbox chroot`):
+    /// from then on, mount sources and config paths, which callers give as host paths, are
+    /// mapped into that view by [`FsTree::host_path`].
+    pub fn set_host_root(&self, root: &Path) {
+        *self.host_root.lock() = Some(HostRoot::new(root));
+    }
+
+    /// The path under which the daemon reaches the host path `p`: `p` itself, or under
+    /// `--sandbox chroot` its place below the chroot, refused when it lies outside it.
+    pub fn host_path(&self, p: &Path) -> Result<PathBuf, MountError> {
+        match &*self.host_root.lock() {
+            None => Ok(p.to_path_buf()),
+            Some(r) => r.map(p),
+        }
+    }
+
     /// Refuses a source outside the allowed roots (resolved, so `..` and symlinks count).
     fn check_source(&self, source: &str) -> Result<(), MountError> {
         let roots = self.allowed_roots.lock();
@@ -445,15 +503,15 @@ impl FsTree {
         if self.mounts.lock().contains_key(&mp) {
             return Err(MountError::AlreadyMounted(mp));
         }
-        self.check_source(source)?;
+        let inner = self.host_path(Path::new(source))?;
+        let inner_str = inner.to_string_lossy();
+        self.check_source(&inner_str)?;
         let (fs, cfg_json): (BackFileSystem, Value) = match fs_type {
             FsType::Passthrough => (
-                Box::new(PassthroughFs::new(PassthroughConfig::new(Path::new(
-                    source,
-                )))?),
+                Box::new(PassthroughFs::new(PassthroughConfig::new(&inner))?),
                 Value::Null,
             ),
-            FsType::Rafs => open_rafs(Path::new(source), config)?,
+            FsType::Rafs => open_rafs(&inner, config, |p| self.host_path(p))?,
         };
         self.mount_backend(fs, fs_type, source, cfg_json, &mp)
     }
@@ -617,8 +675,14 @@ fn config_for_api(config: &str) -> Value {
 }
 
 /// Opens a RAFS filesystem. Returns the backend and its config (secrets removed) for the API.
-fn open_rafs(bootstrap: &Path, config: &str) -> Result<(BackFileSystem, Value), MountError> {
-    let cfg = RafsConfig::from_str(config).map_err(|e| MountError::Rafs(format!("config: {e}")))?;
+fn open_rafs(
+    bootstrap: &Path,
+    config: &str,
+    host_path: impl FnMut(&Path) -> Result<PathBuf, MountError>,
+) -> Result<(BackFileSystem, Value), MountError> {
+    let mut cfg =
+        RafsConfig::from_str(config).map_err(|e| MountError::Rafs(format!("config: {e}")))?;
+    cfg.map_paths(host_path)?;
     for f in &cfg.unknown_fields {
         log::warn!("RAFS config: ignoring unknown field {f}");
     }
@@ -637,6 +701,26 @@ mod tests {
         assert_eq!(normalize_mountpoint("/").unwrap(), "/");
         assert!(normalize_mountpoint("a/b").is_err());
         assert!(normalize_mountpoint("/a/../b").is_err());
+    }
+
+    #[test]
+    fn host_paths_map_below_the_chroot() {
+        let d = tempfile::tempdir().unwrap();
+        let t = FsTree::new();
+        let p = d.path().join("a/b");
+        assert_eq!(t.host_path(&p).unwrap(), p, "no chroot: unchanged");
+        t.set_host_root(d.path());
+        assert_eq!(t.host_path(&p).unwrap(), Path::new("/a/b"));
+        assert_eq!(t.host_path(d.path()).unwrap(), Path::new("/"));
+        for bad in [
+            d.path().join("a/../../x"),
+            PathBuf::from("/etc/passwd"),
+            PathBuf::from("a/b"),
+        ] {
+            let e = t.host_path(&bad).unwrap_err();
+            assert!(matches!(e, MountError::OutsideChroot(..)), "{bad:?}: {e}");
+            assert_eq!(e.http_status(), 403);
+        }
     }
 
     #[test]

@@ -10,12 +10,15 @@
 //!
 //! Optional, `--sandbox namespace`: a private mount namespace whose root holds only the
 //! allowed trees, and in virtiofs mode a pid namespace ([`namespace`]), fenced again by
-//! Landlock where the kernel has it ([`landlock`]).
+//! Landlock where the kernel has it ([`landlock`]). Where namespaces are not allowed,
+//! `--sandbox chroot` chroots into one tree instead ([`chroot`]), with the same Landlock
+//! fence.
 //!
 //! Order: [`enter`] runs first in each run loop, before any thread exists (capabilities are
 //! per thread, so threads made later inherit the reduced sets); [`lock_down`] installs the
 //! seccomp filter on all threads when start-up is over.
 
+pub mod chroot;
 pub mod landlock;
 pub mod namespace;
 pub mod seccomp;
@@ -45,15 +48,18 @@ pub enum SandboxError {
 pub enum SandboxMode {
     /// A private mount namespace with only the allowed trees.
     Namespace,
+    /// chroot(2) into one tree, where namespaces are not allowed.
+    Chroot,
     /// No filesystem confinement (the default; what Kata gets without extra args).
     None,
 }
 
 impl SandboxMode {
-    /// Parses `namespace|none`.
+    /// Parses `namespace|chroot|none`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "namespace" => Some(SandboxMode::Namespace),
+            "chroot" => Some(SandboxMode::Chroot),
             "none" => Some(SandboxMode::None),
             _ => None,
         }
@@ -74,6 +80,8 @@ pub struct SandboxConfig {
     pub passthrough: bool,
     /// FUSE mode (keeps CAP_SYS_ADMIN to unmount, allows umount2).
     pub fuse: bool,
+    /// `--sandbox chroot`: the canonical directory to chroot into.
+    pub chroot: Option<PathBuf>,
 }
 
 /// The capabilities the configured filesystems need, and why:
@@ -128,19 +136,16 @@ pub fn enter(cfg: &SandboxConfig) -> Result<(), SandboxError> {
             }
             namespace::wait_and_exit(child);
         }
-        if cfg.fuse {
-            log::info!("sandbox: no Landlock in FUSE mode (it would forbid the FUSE mount)");
-        } else {
-            match landlock::restrict(&cfg.visible)? {
-                landlock::Enforced::Fully => log::info!("sandbox: Landlock enforced"),
-                landlock::Enforced::Partially => {
-                    log::info!("sandbox: Landlock partly enforced (older kernel ABI)")
-                }
-                landlock::Enforced::Not => {
-                    log::warn!("sandbox: Landlock not enforced (kernel without Landlock)")
-                }
-            }
-        }
+        landlock_fence(cfg, &cfg.visible)?;
+    }
+    if cfg.mode == SandboxMode::Chroot {
+        let root = cfg
+            .chroot
+            .as_deref()
+            .ok_or_else(|| SandboxError::Setup("--sandbox chroot without a root".into()))?;
+        // Before the chroot: Landlock opens the paths it names.
+        landlock_fence(cfg, &[root.to_path_buf()])?;
+        chroot::enter(root)?;
     }
     drop_caps(&needed_caps(cfg.passthrough, cfg.fuse))?;
     // SAFETY: plain prctl with integer arguments.
@@ -149,6 +154,24 @@ pub fn enter(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     }
     if cfg.seccomp == SeccompMode::Trap {
         install_sigsys_handler();
+    }
+    Ok(())
+}
+
+/// Landlock over `visible` (plus the fixed set), logging how far the kernel enforces it.
+fn landlock_fence(cfg: &SandboxConfig, visible: &[PathBuf]) -> Result<(), SandboxError> {
+    if cfg.fuse {
+        log::info!("sandbox: no Landlock in FUSE mode (it would forbid the FUSE mount)");
+        return Ok(());
+    }
+    match landlock::restrict(visible)? {
+        landlock::Enforced::Fully => log::info!("sandbox: Landlock enforced"),
+        landlock::Enforced::Partially => {
+            log::info!("sandbox: Landlock partly enforced (older kernel ABI)")
+        }
+        landlock::Enforced::Not => {
+            log::warn!("sandbox: Landlock not enforced (kernel without Landlock)")
+        }
     }
     Ok(())
 }
@@ -162,7 +185,7 @@ static LOCKED_FILTERS: OnceLock<u32> = OnceLock::new();
 
 /// The calling thread's seccomp filter count (`Seccomp_filters`, Linux 5.9+).
 fn own_filter_count() -> Option<u32> {
-    std::fs::read_to_string("/proc/thread-self/status")
+    crate::procfs::read_to_string(c"thread-self/status")
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("Seccomp_filters:"))?

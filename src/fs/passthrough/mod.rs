@@ -118,6 +118,30 @@ impl Drop for UmaskGuard {
     }
 }
 
+/// A path naming an inode for the xattr calls ([`PassthroughFs::xattr_path`]); keeps the
+/// inode's fd open and, when the path is relative to `/proc/self/fd`, moves the thread's
+/// cwd back to `/` on drop.
+struct XattrPath {
+    _fd: Arc<OwnedFd>,
+    path: CString,
+    in_proc: bool,
+}
+
+impl XattrPath {
+    fn as_ptr(&self) -> *const libc::c_char {
+        self.path.as_ptr()
+    }
+}
+
+impl Drop for XattrPath {
+    fn drop(&mut self) {
+        if self.in_proc {
+            // SAFETY: NUL-terminated literal path; only this thread's cwd changes.
+            unsafe { libc::chdir(c"/".as_ptr()) };
+        }
+    }
+}
+
 /// The FUSE options negotiated at INIT (the bits of `FsOptions`); WRITEBACK_CACHE and
 /// DONT_MASK change how requests are served.
 #[derive(Default)]
@@ -226,12 +250,7 @@ impl PassthroughFs {
                     source: e,
                 }
             })?;
-        let proc_self_fd = sys::openat(
-            libc::AT_FDCWD,
-            c"/proc/self/fd",
-            libc::O_PATH | libc::O_DIRECTORY,
-        )
-        .ok();
+        let proc_self_fd = crate::procfs::open(c"self/fd", libc::O_PATH | libc::O_DIRECTORY).ok();
         let fs = PassthroughFs {
             inodes: InodeStore::new(cfg.max_pinned_fds),
             fd_cache: FdCache::new(cfg.max_cached_fds),
@@ -677,10 +696,13 @@ impl PassthroughFs {
         sys::check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(|_| ())
     }
 
-    /// An xattr path for inode `id`: `/proc/self/fd/N` of its fd. The xattr calls follow
-    /// the magic link to the inode itself and never open it, so FIFOs and device nodes are
-    /// safe here too.
-    fn xattr_path(&self, id: u64) -> io::Result<(Arc<OwnedFd>, CString)> {
+    /// An xattr path for inode `id`: entry `N` of `/proc/self/fd` for its fd `N`. The xattr
+    /// calls follow the magic link to the inode itself and never open it, so FIFOs and
+    /// device nodes are safe here too. Where the thread has its own cwd (unshare CLONE_FS)
+    /// the path is relative to `/proc/self/fd`, made the thread's cwd until the returned
+    /// guard drops: that works under `--sandbox chroot` too, where no `/proc` path exists.
+    /// Otherwise it is the absolute `/proc/self/fd/N`.
+    fn xattr_path(&self, id: u64) -> io::Result<XattrPath> {
         if !self.cfg.xattr {
             return Err(errno(libc::ENOSYS));
         }
@@ -690,13 +712,23 @@ impl PassthroughFs {
             // xattrs here (EPERM, as Linux gives for user.* on a symlink).
             return Err(errno(libc::EPERM));
         }
-        if self.proc_self_fd.is_none() {
+        let Some(proc) = self.proc_self_fd.as_ref() else {
             return Err(errno(libc::ENOTSUP));
-        }
+        };
         let fd = self.fd_of(&inode)?;
-        let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map_err(|_| errno(libc::EINVAL))?;
-        Ok((fd, p))
+        // SAFETY: plain syscall on a valid directory fd (O_PATH works for fchdir).
+        let in_proc = sys::thread_private_fs() && unsafe { libc::fchdir(proc.as_raw_fd()) } == 0;
+        let p = if in_proc {
+            CString::new(fd.as_raw_fd().to_string())
+        } else {
+            CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        }
+        .map_err(|_| errno(libc::EINVAL))?;
+        Ok(XattrPath {
+            _fd: fd,
+            path: p,
+            in_proc,
+        })
     }
 
     fn stat_inode(&self, id: u64, fh: Option<u64>) -> io::Result<stat64> {
@@ -1185,7 +1217,7 @@ impl FileSystem for PassthroughFs {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        let (_fd, p) = self.xattr_path(inode)?;
+        let p = self.xattr_path(inode)?;
         // SAFETY: NUL-terminated strings and a buffer of the given length.
         sys::check(unsafe {
             libc::setxattr(
@@ -1206,7 +1238,7 @@ impl FileSystem for PassthroughFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        let (_fd, p) = self.xattr_path(inode)?;
+        let p = self.xattr_path(inode)?;
         // SAFETY: NUL-terminated strings; `xattr_call` passes a writable buffer of the given
         // length, or null with length 0 to ask for the size.
         Ok(
@@ -1220,7 +1252,7 @@ impl FileSystem for PassthroughFs {
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        let (_fd, p) = match self.xattr_path(inode) {
+        let p = match self.xattr_path(inode) {
             Ok(x) => x,
             // Symlinks and special files list no xattrs.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
@@ -1244,7 +1276,7 @@ impl FileSystem for PassthroughFs {
     }
 
     fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
-        let (_fd, p) = self.xattr_path(inode)?;
+        let p = self.xattr_path(inode)?;
         // SAFETY: NUL-terminated strings.
         sys::check(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }).map(|_| ())
     }

@@ -77,7 +77,7 @@ impl PassthroughState {
 
 /// The mount point of `mnt_id` from /proc/self/mountinfo.
 fn mount_point_of(mnt_id: u64) -> Option<String> {
-    let f = std::fs::File::open("/proc/self/mountinfo").ok()?;
+    let f = std::fs::File::from(crate::procfs::open(c"self/mountinfo", libc::O_RDONLY).ok()?);
     for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
         let mut it = line.split(' ');
         if it.next()?.parse::<u64>().ok()? != mnt_id {
