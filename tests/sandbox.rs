@@ -590,37 +590,95 @@ fn sh(cmd: &str) {
     assert!(st.success(), "{cmd}");
 }
 
+/// The trees of a sandbox test: an allowed root (with an empty `share`), a tree beside it,
+/// and a socket directory outside both.
+struct Trees {
+    t: tempfile::TempDir,
+    root: PathBuf,
+    outside: PathBuf,
+    api: PathBuf,
+    sock: PathBuf,
+}
+
+impl Trees {
+    fn new() -> Trees {
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let root = t.path().join("allowed");
+        let outside = t.path().join("outside");
+        let sockdir = t.path().join("sock");
+        for d in [&root, &outside, &sockdir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::create_dir(root.join("share")).unwrap();
+        Trees {
+            root,
+            outside,
+            api: sockdir.join("api.sock"),
+            sock: sockdir.join("vhost.sock"),
+            t,
+        }
+    }
+
+    /// Starts a virtiofs daemon with both sockets under `--sandbox mode` and `extra`.
+    fn start(&self, mode: &str, extra: &[&str]) -> Daemon {
+        let mut args = vec![
+            "virtiofs",
+            "--apisock",
+            self.api.to_str().unwrap(),
+            "--sock",
+            self.sock.to_str().unwrap(),
+            "--sandbox",
+            mode,
+        ];
+        args.extend(extra);
+        start(&args, &self.api)
+    }
+
+    /// Mounts a tmpfs at `late` under the root, as a host process would after the daemon
+    /// started, and copies the fixture image into it.
+    fn late_image(&self) -> (PathBuf, Unmount) {
+        let late = self.root.join("late");
+        std::fs::create_dir(&late).unwrap();
+        sh(&format!("mount -t tmpfs tmpfs {}", late.display()));
+        let u = Unmount(late.clone());
+        sh(&format!(
+            "cp -r {}/. {}",
+            fixture().display(),
+            late.display()
+        ));
+        (late, u)
+    }
+}
+
+/// An API mount body for a passthrough of `src`.
+fn passthrough_body(src: &Path) -> String {
+    serde_json::json!({"fs_type": "passthrough_fs", "source": src, "config": ""}).to_string()
+}
+
+/// An API mount body for the image in `late` (localfs), with a blob cache in `work`.
+fn rafs_body(late: &Path, work: Option<&Path>) -> String {
+    let mut device = serde_json::json!({
+        "backend": {"type": "localfs", "config": {"dir": late.join("blobs")}}
+    });
+    if let Some(w) = work {
+        device["cache"] = serde_json::json!({"type": "blobcache", "config": {"work_dir": w}});
+    }
+    let cfg = serde_json::json!({"device": device, "mode": "direct"}).to_string();
+    serde_json::json!({"fs_type": "rafs", "source": late.join("image.boot"), "config": cfg})
+        .to_string()
+}
+
 #[test]
 fn namespace_sandbox_holds_only_the_allowed_trees() {
-    let t = tempfile::tempdir_in("/var/tmp").unwrap();
-    let root = t.path().join("allowed");
-    let outside = t.path().join("outside");
-    let sockdir = t.path().join("sock");
-    for d in [&root, &outside, &sockdir] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::create_dir(root.join("share")).unwrap();
+    let tr = Trees::new();
+    let (root, outside) = (&tr.root, &tr.outside);
+    let api = &tr.api;
     // A shared mount, as systemd makes them, so later host mounts propagate.
     let r = root.display().to_string();
     sh(&format!("mount --bind {r} {r} && mount --make-shared {r}"));
     let _u = Unmount(PathBuf::from(&r));
 
-    let api = sockdir.join("api.sock");
-    let sock = sockdir.join("vhost.sock");
-    let d = start(
-        &[
-            "virtiofs",
-            "--apisock",
-            api.to_str().unwrap(),
-            "--sock",
-            sock.to_str().unwrap(),
-            "--sandbox",
-            "namespace",
-            "--allowed-root",
-            &r,
-        ],
-        &api,
-    );
+    let d = tr.start("namespace", &["--allowed-root", &r]);
     let proot = PathBuf::from(format!("/proc/{}/root", d.pid()));
     // Only the allowed tree, the sockets and the fixed few are there.
     let mut top: Vec<String> = std::fs::read_dir(&proot)
@@ -646,14 +704,11 @@ fn namespace_sandbox_holds_only_the_allowed_trees() {
     );
     assert!(!proot.join("usr").exists());
     // API mounts: outside the allowed roots refused with 403 naming the rule.
-    let body = |src: &Path| {
-        serde_json::json!({"fs_type": "passthrough_fs", "source": src, "config": ""}).to_string()
-    };
     let resp = http(
-        &api,
+        api,
         "POST",
         "/api/v1/mount?mountpoint=/out",
-        Some(&body(&outside)),
+        Some(&passthrough_body(outside)),
     );
     assert_eq!(resp.status, 403, "{}", String::from_utf8_lossy(&resp.body));
     assert!(
@@ -662,39 +717,26 @@ fn namespace_sandbox_holds_only_the_allowed_trees() {
         String::from_utf8_lossy(&resp.body)
     );
     let resp = http(
-        &api,
+        api,
         "POST",
         "/api/v1/mount?mountpoint=/in",
-        Some(&body(&root.join("share"))),
+        Some(&passthrough_body(&root.join("share"))),
     );
     assert_eq!(resp.status, 204, "{}", String::from_utf8_lossy(&resp.body));
 
     // A RAFS image mounted on the host under the allowed root after the daemon started is
     // visible and servable.
-    let late = root.join("late");
-    std::fs::create_dir(&late).unwrap();
-    sh(&format!("mount -t tmpfs tmpfs {}", late.display()));
-    sh(&format!(
-        "cp -r {}/. {}",
-        fixture().display(),
-        late.display()
-    ));
+    let (late, _late) = tr.late_image();
     assert!(proot
         .join(late.strip_prefix("/").unwrap())
         .join("image.boot")
         .exists());
-    let cfg = serde_json::json!({
-        "device": {"backend": {"type": "localfs", "config": {"dir": late.join("blobs")}}},
-        "mode": "direct"
-    })
-    .to_string();
-    let rafs = serde_json::json!({
-        "fs_type": "rafs",
-        "source": late.join("image.boot"),
-        "config": cfg
-    })
-    .to_string();
-    let resp = http(&api, "POST", "/api/v1/mount?mountpoint=/rafs", Some(&rafs));
+    let resp = http(
+        api,
+        "POST",
+        "/api/v1/mount?mountpoint=/rafs",
+        Some(&rafs_body(&late, None)),
+    );
     assert_eq!(resp.status, 204, "{}", String::from_utf8_lossy(&resp.body));
 
     // A pid namespace: the launched process only waits, holding nothing; the daemon is
@@ -855,26 +897,20 @@ const FUSE_GETXATTR: u32 = 22;
 /// `/proc/self/fd` paths (xattrs) still work without a `/proc` in the root.
 #[test]
 fn chroot_sandbox_confines_to_one_tree() {
-    let t = tempfile::tempdir_in("/var/tmp").unwrap();
-    let root = t.path().join("allowed");
-    let outside = t.path().join("outside");
-    let sockdir = t.path().join("sock");
-    for d in [&root, &outside, &sockdir] {
-        std::fs::create_dir_all(d).unwrap();
-    }
+    let tr = Trees::new();
+    let (root, outside, api, sock) = (&tr.root, &tr.outside, &tr.api, &tr.sock);
     let share = root.join("share");
-    std::fs::create_dir(&share).unwrap();
     std::fs::write(share.join("f"), b"in the share").unwrap();
     std::os::unix::fs::symlink("/etc", share.join("etc")).unwrap();
     let r = root.display().to_string();
 
-    // Refused at start: two roots, or a share outside the one root.
+    // Refused at start: two roots, a share outside the one root, or no root at all.
     for bad in [
         vec![
             "--allowed-root",
             &r,
             "--allowed-root",
-            t.path().to_str().unwrap(),
+            tr.t.path().to_str().unwrap(),
         ],
         vec![
             "--allowed-root",
@@ -884,13 +920,8 @@ fn chroot_sandbox_confines_to_one_tree() {
         ],
         vec![],
     ] {
-        let mut args = vec![
-            "virtiofs",
-            "--sock",
-            "/var/tmp/rv-chroot-never.sock",
-            "--sandbox",
-            "chroot",
-        ];
+        let mut args = vec!["virtiofs", "--sock", "/var/tmp/rv-chroot-never.sock"];
+        args.extend(["--sandbox", "chroot"]);
         args.extend(bad.iter().copied());
         let out = Command::new(bin()).args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?} started");
@@ -901,31 +932,15 @@ fn chroot_sandbox_confines_to_one_tree() {
         );
     }
 
-    let api = sockdir.join("api.sock");
-    let sock = sockdir.join("vhost.sock");
     let share_arg = share.display().to_string();
-    let d = start(
-        &[
-            "virtiofs",
-            "--apisock",
-            api.to_str().unwrap(),
-            "--sock",
-            sock.to_str().unwrap(),
-            "--sandbox",
-            "chroot",
-            "--allowed-root",
-            &r,
-            "--shared-dir",
-            &share_arg,
-            "--log-level",
-            "info",
-        ],
-        &api,
+    let d = tr.start(
+        "chroot",
+        &["--allowed-root", &r, "--shared-dir", &share_arg],
     );
     let pid = d.pid();
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
-        std::fs::canonicalize(&root).unwrap(),
+        std::fs::canonicalize(root).unwrap(),
         "the daemon's root is the allowed tree"
     );
     assert_eq!(status_field(pid, "Seccomp"), "2");
@@ -935,21 +950,18 @@ fn chroot_sandbox_confines_to_one_tree() {
         cap_mask(true, false)
     );
     assert_eq!(
-        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(sock).unwrap().permissions().mode() & 0o777,
         0o600
     );
 
-    let body = |src: &Path| {
-        serde_json::json!({"fs_type": "passthrough_fs", "source": src, "config": ""}).to_string()
-    };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     // Outside the root, and a `..` way out of it: 403 naming the rule.
     for src in [outside.clone(), root.join("../outside")] {
         let resp = http(
-            &api,
+            api,
             "POST",
             "/api/v1/mount?mountpoint=/out",
-            Some(&body(&src)),
+            Some(&passthrough_body(&src)),
         );
         assert_eq!(resp.status, 403, "{}", text(&resp.body));
         assert!(
@@ -960,60 +972,40 @@ fn chroot_sandbox_confines_to_one_tree() {
     }
     // Under it, by its host path.
     let resp = http(
-        &api,
+        api,
         "POST",
         "/api/v1/mount?mountpoint=/in",
-        Some(&body(&share)),
+        Some(&passthrough_body(&share)),
     );
     assert_eq!(resp.status, 204, "{}", text(&resp.body));
 
     // A RAFS image the host mounts under the root after start: servable, its config's
     // paths mapped too; a cache work dir outside the root refused.
-    let late = root.join("late");
-    std::fs::create_dir(&late).unwrap();
-    sh(&format!("mount -t tmpfs tmpfs {}", late.display()));
-    let _u = Unmount(late.clone());
-    sh(&format!(
-        "cp -r {}/. {}",
-        fixture().display(),
-        late.display()
-    ));
-    let rafs = |work: &Path| {
-        let cfg = serde_json::json!({
-            "device": {
-                "backend": {"type": "localfs", "config": {"dir": late.join("blobs")}},
-                "cache": {"type": "blobcache", "config": {"work_dir": work}}
-            },
-            "mode": "direct"
-        })
-        .to_string();
-        serde_json::json!({"fs_type": "rafs", "source": late.join("image.boot"), "config": cfg})
-            .to_string()
-    };
+    let (late, _late) = tr.late_image();
     let resp = http(
-        &api,
+        api,
         "POST",
         "/api/v1/mount?mountpoint=/bad",
-        Some(&rafs(&outside)),
+        Some(&rafs_body(&late, Some(outside))),
     );
     assert_eq!(resp.status, 403, "{}", text(&resp.body));
     assert!(text(&resp.body).contains("outside the chroot"));
     let cache = root.join("cache");
     std::fs::create_dir(&cache).unwrap();
     let resp = http(
-        &api,
+        api,
         "POST",
         "/api/v1/mount?mountpoint=/rafs",
-        Some(&rafs(&cache)),
+        Some(&rafs_body(&late, Some(&cache))),
     );
     assert_eq!(resp.status, 204, "{}", text(&resp.body));
     // The mount table shows the host paths the caller gave.
-    let resp = http(&api, "GET", "/api/v1/daemon", None);
+    let resp = http(api, "GET", "/api/v1/daemon", None);
     assert!(text(&resp.body).contains(late.join("image.boot").to_str().unwrap()));
 
     // Through the device: the share's file, a symlink to /etc that stays a symlink (the
     // guest resolves it, in its own tree), and xattrs.
-    let mut drv = vu_driver::Driver::connect(&sock, 2);
+    let mut drv = vu_driver::Driver::connect(sock, 2);
     drv.init();
     let (err, rp) = drv.call(1, vu_driver::FUSE_LOOKUP, 1, &vu_driver::name_body(b"etc"));
     assert_eq!(err, 0);
