@@ -219,6 +219,11 @@ fn main() {
                 "auto".into(),
             ];
             peer.args(args);
+            // RV_BENCH_PEER_ARGS: extra virtiofsd arguments, e.g. "--writeback" (we negotiate
+            // the writeback cache, as nydusd does under Kata; virtiofsd does not by default).
+            if let Ok(extra) = std::env::var("RV_BENCH_PEER_ARGS") {
+                peer.args(extra.split_whitespace());
+            }
             peer_s.push(run_one("virtiofsd", peer, &sock));
         }
     }
