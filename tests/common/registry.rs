@@ -11,13 +11,24 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
-/// A free TCP port on 127.0.0.1 (the registry binds it right after).
+/// A free TCP port on 127.0.0.1 (the caller binds it right after). The kernel may hand a
+/// port that was bound and dropped to the next `bind(0)`, so two parallel tests could get
+/// the same one; a port is never given out twice in one process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::HashSet;
+    use std::sync::OnceLock;
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let mut given = GIVEN.get_or_init(Default::default).lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A running `docker-registry serve` with its own storage and access log.
@@ -47,7 +58,6 @@ impl Registry {
 
     fn start_with(basic: Option<(&str, &str)>, tls: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut auth = String::new();
         if let Some((u, p)) = basic {
             let htp = dir.path().join("htpasswd");
@@ -92,41 +102,61 @@ impl Registry {
             );
             tls_cert = Some(cert);
         }
+        // Another process may take the port between free_port and the registry's bind;
+        // the registry then exits, and whatever answers on the port is not ours. Retry on
+        // a fresh port while our child is not the one alive and listening.
         let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_cfg}{auth}",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
         let log = dir.path().join("registry.log");
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new("docker-registry")
-            .args(["serve", cfg.to_str().unwrap()])
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .expect("docker-registry is needed; hack/setup.sh installs it");
-        let reg = Registry {
-            child,
-            port,
-            dir,
-            log,
-            basic: basic.map(|(u, p)| (u.to_string(), p.to_string())),
-            tls_cert,
-        };
-        let t0 = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "registry did not start: {}",
-                std::fs::read_to_string(&reg.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        for _attempt in 0..5 {
+            let port = free_port();
+            std::fs::write(
+                &cfg,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_cfg}{auth}",
+                    dir.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            let logf = std::fs::File::create(&log).unwrap();
+            let mut child = Command::new("docker-registry")
+                .args(["serve", cfg.to_str().unwrap()])
+                .stdout(logf.try_clone().unwrap())
+                .stderr(logf)
+                .spawn()
+                .expect("docker-registry is needed; hack/setup.sh installs it");
+            let t0 = Instant::now();
+            let ours = loop {
+                if child.try_wait().unwrap().is_some() {
+                    break false;
+                }
+                if listens(child.id(), port) {
+                    break true;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "registry did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if !ours {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
+            }
+            return Registry {
+                child,
+                port,
+                dir,
+                log,
+                basic: basic.map(|(u, p)| (u.to_string(), p.to_string())),
+                tls_cert,
+            };
         }
-        reg
+        panic!(
+            "registry did not start on 5 ports: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     pub fn host(&self) -> String {
@@ -314,6 +344,38 @@ pub fn served_bytes_in(log: &str, hex: &str) -> u64 {
             it.next()?.parse::<u64>().ok()
         })
         .sum()
+}
+
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port` (from
+/// /proc/net/tcp and the process's fd table).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(tcp) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    // local_address is hex "0100007F:PORT"; state 0A is LISTEN; the 10th field is the inode.
+    let want = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1] == want && f[3] == "0A").then(|| f[9].to_string())
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|e| {
+        std::fs::read_link(e.path())
+            .map(|t| {
+                let t = t.to_string_lossy();
+                inodes.iter().any(|i| t == format!("socket:[{i}]"))
+            })
+            .unwrap_or(false)
+    })
 }
 
 impl Drop for Registry {
