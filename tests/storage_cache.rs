@@ -13,8 +13,9 @@ use std::sync::Arc;
 use rafs_support::*;
 use rafs_virtiofsd::config::{CacheType, RafsConfig};
 use rafs_virtiofsd::fs::rafs::RafsFs;
+use rafs_virtiofsd::rafs::Digester;
 use rafs_virtiofsd::rafs::RafsImage;
-use rafs_virtiofsd::storage::cache::CACHE_DIR;
+use rafs_virtiofsd::storage::cache::{ChunkCache, CACHE_DIR};
 
 fn cached_config(blobs: &Path, work: &Path, amplify: u64) -> RafsConfig {
     let mut c = config(blobs, false);
@@ -146,11 +147,16 @@ fn coexists_with_upstream_nydusd_files_in_one_work_dir() {
         .collect();
     assert_eq!(names, vec![CACHE_DIR.to_string()]);
     let mut n_chunks = 0;
-    walk(&work.path().join(CACHE_DIR).join("data"), &mut |p| {
-        let n = p.file_name().unwrap().to_str().unwrap();
-        assert!(!n.ends_with(".blob.data") && !n.ends_with(".blob.meta"));
-        n_chunks += 1;
-    });
+    for dir in ["data", "packs"] {
+        let dir = work.path().join(CACHE_DIR).join(dir);
+        if dir.exists() {
+            walk(&dir, &mut |p| {
+                let n = p.file_name().unwrap().to_str().unwrap();
+                assert!(!n.ends_with(".blob.data") && !n.ends_with(".blob.meta"));
+                n_chunks += 1;
+            });
+        }
+    }
     assert!(n_chunks > 0);
 }
 
@@ -563,34 +569,27 @@ fn on_demand_read_does_not_wait_behind_prefetch() {
     assert_eq!(chunk_fetches(&fs), n, "a chunk was fetched twice");
 }
 
-/// Counts the data files of a cache work dir and checks that each holds exactly the bytes its
-/// digest name says (a torn write must never sit under a final name).
+/// Counts the content-addressed chunks of a cache work dir (own files and pack records) and
+/// checks that each holds exactly the bytes its digest says (a torn write must never be
+/// under a final name or an index record).
 fn check_cache_files(work: &Path) -> usize {
-    let mut n = 0;
-    let data = work.join(CACHE_DIR).join("data");
-    if !data.exists() {
+    if !work.join(CACHE_DIR).exists() {
         return 0;
     }
-    walk(&data, &mut |p| {
-        let algo = p.parent().unwrap().parent().unwrap().file_name().unwrap();
-        if algo != "blake3" {
-            return;
+    let mut n = 0;
+    for (algo, digest, data) in ChunkCache::open(work, 0).unwrap().digest_chunks() {
+        if algo != Digester::Blake3 {
+            continue;
         }
-        let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        let (digest, size) = name.split_once('-').unwrap();
-        let data = std::fs::read(p).unwrap();
         assert_eq!(
-            data.len() as u64,
-            u64::from_str_radix(size, 16).unwrap(),
-            "{name}: torn"
-        );
-        assert_eq!(
-            blake3::hash(&data).to_hex().as_str(),
-            digest,
-            "{name}: wrong bytes"
+            blake3::hash(&data).as_bytes(),
+            &digest,
+            "{}: wrong or torn bytes ({} of them)",
+            hex::encode(digest),
+            data.len()
         );
         n += 1;
-    });
+    }
     n
 }
 

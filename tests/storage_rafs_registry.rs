@@ -208,36 +208,17 @@ fn wrong_bytes_from_the_registry_are_eio_and_not_cached() {
         let m = fs.metrics();
         assert!(m["device"]["verify_errors"].as_u64().unwrap() > 0);
     }
-    // Nothing that failed verification reached the cache: every cached file's content
-    // matches the digest it is named by.
+    // Nothing that failed verification reached the cache: every cached chunk (own file or
+    // pack record) holds the bytes of the digest it is stored under.
     let mut files = 0;
-    let mut stack = vec![work.path().join("rafs-chunks").join("data")];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let algo = p.parent().unwrap().parent().unwrap().file_name().unwrap();
-            let digest = p
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .split('-')
-                .next()
-                .unwrap()
-                .to_string();
-            let data = std::fs::read(&p).unwrap();
-            let got = match algo.to_str().unwrap() {
-                "blake3" => blake3::hash(&data).to_hex().to_string(),
-                "sha256" => sha_full(&data),
-                other => panic!("unexpected cache dir {other}"),
-            };
-            assert_eq!(got, digest, "{} holds wrong bytes", p.display());
-            files += 1;
-        }
+    let cache = rafs_virtiofsd::storage::cache::ChunkCache::open(work.path(), 0).unwrap();
+    for (algo, digest, data) in cache.digest_chunks() {
+        let got = match algo {
+            rafs_virtiofsd::rafs::Digester::Blake3 => blake3::hash(&data).to_hex().to_string(),
+            rafs_virtiofsd::rafs::Digester::Sha256 => sha_full(&data),
+        };
+        assert_eq!(got, hex::encode(digest), "a cached chunk holds wrong bytes");
+        files += 1;
     }
     assert!(files > 0, "nothing good was cached either");
     drop(good);

@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 
 use crate::rafs::Digester;
+use crate::storage::pack::{PackKey, Packs};
 
 /// Name of the cache's directory inside `work_dir`. Upstream nydusd uses
 /// `<blob_id>.blob.data`, `<blob_id>.blob.meta` and `<blob_id>.chunk_map` files directly in
@@ -96,6 +97,21 @@ impl CacheKey {
         }
     }
 
+    /// The pack key when this chunk lives in a pack (small, content-addressed,
+    /// uncompressed).
+    fn packed(&self) -> Option<PackKey<'_>> {
+        match self {
+            CacheKey::Digest { algo, digest, size } if Packs::takes(*algo, *size) => {
+                Some(PackKey {
+                    algo: *algo,
+                    digest,
+                    size: *size,
+                })
+            }
+            _ => None,
+        }
+    }
+
     fn stripe(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -130,7 +146,15 @@ pub struct ChunkCache {
     /// clock of eviction) was last bumped.
     open_files: Mutex<lru::LruCache<PathBuf, (Arc<File>, std::time::Instant)>>,
     evicting: Mutex<()>,
+    /// Small content-addressed chunks, many to a file (storage::pack).
+    packs: Packs,
     metrics: CacheMetrics,
+}
+
+/// Where a chunk's bytes are: a file, and the offset in it (0 but in a pack).
+pub struct Location {
+    pub path: PathBuf,
+    pub offset: u64,
 }
 
 /// A 128-bit identity of a cache file path (BLAKE3), so the verified set costs 16 bytes a
@@ -194,7 +218,7 @@ impl ChunkCache {
             fs::create_dir_all(root.join(d))?;
         }
         let c = ChunkCache {
-            root,
+            root: root.clone(),
             limit: size_limit,
             used: AtomicU64::new(0),
             verified: Mutex::new(HashSet::new()),
@@ -203,6 +227,7 @@ impl ChunkCache {
                     .unwrap_or(std::num::NonZeroUsize::MIN),
             )),
             evicting: Mutex::new(()),
+            packs: Packs::new(&root),
             metrics: CacheMetrics::default(),
         };
         if c.limit > 0 {
@@ -238,19 +263,74 @@ impl ChunkCache {
         })
     }
 
-    /// Absolute path of `key`'s file.
+    /// Absolute path of `key`'s own file (chunks that are not in a pack).
     pub fn path_of(&self, key: &CacheKey) -> PathBuf {
         self.root.join("data").join(key.rel_path())
     }
 
-    /// Whether `key` has a file (unverified).
+    /// Where `key`'s bytes are stored, if they are.
+    pub fn locate(&self, key: &CacheKey) -> Option<Location> {
+        if let Some(pk) = key.packed() {
+            let l = self.packs.locate(&pk)?;
+            return Some(Location {
+                path: l.path,
+                offset: l.offset,
+            });
+        }
+        let path = self.path_of(key);
+        path.is_file().then_some(Location { path, offset: 0 })
+    }
+
+    /// Every stored chunk whose key is its digest: algorithm, digest, and the bytes stored
+    /// for it (in a file or a pack). For checks of the store by tests and tools.
+    pub fn digest_chunks(&self) -> Vec<(Digester, [u8; 32], Vec<u8>)> {
+        let mut out = self.packs.chunks();
+        for algo in [Digester::Blake3, Digester::Sha256] {
+            walk(&self.root.join("data").join(algo.name()), &mut |p, _| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let Some((h, _)) = name.split_once('-') else {
+                    return;
+                };
+                let (Ok(d), Ok(data)) = (hex::decode(h), fs::read(p)) else {
+                    return;
+                };
+                if let Ok(d) = <[u8; 32]>::try_from(d) {
+                    out.push((algo, d, data));
+                }
+            });
+        }
+        out
+    }
+
+    /// Whether `key` is stored (unverified).
     pub fn contains(&self, key: &CacheKey) -> bool {
-        self.path_of(key).is_file()
+        match key.packed() {
+            Some(pk) => self.packs.contains(&pk),
+            None => self.path_of(key).is_file(),
+        }
     }
 
     /// The bytes of `key` if cached and `check` accepts them. A file `check` rejects (or of
     /// the wrong size) is removed.
     pub fn get(&self, key: &CacheKey, check: &dyn Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+        if let Some(pk) = key.packed() {
+            return match self.packs.get(&pk, check) {
+                Some(Ok(data)) => {
+                    self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                    Some(data)
+                }
+                Some(Err(e)) => {
+                    log::warn!("chunk cache: {e}; fetching it again");
+                    self.metrics.corrupt.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                None => {
+                    self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+        }
         let p = self.path_of(key);
         let mut f = match File::open(&p) {
             Ok(f) => f,
@@ -274,10 +354,22 @@ impl ChunkCache {
         Some(data)
     }
 
-    /// An open file for `key` if this process has verified it before (for zero-copy reads).
-    /// Warm files stay open (at most [`open_files_cap`]), so a warm read is one `pread`; the
-    /// files are immutable, so an open one stays right even if another process evicts it.
-    pub fn open_verified(&self, key: &CacheKey) -> Option<Arc<File>> {
+    /// An open file and the offset of `key`'s bytes in it, if this process has verified
+    /// them before (for zero-copy reads). Packs and warm files stay open (at most
+    /// [`open_files_cap`] files), so a warm read is one `pread`; stored bytes never change,
+    /// so an open file stays right even if another process evicts it.
+    pub fn open_verified(&self, key: &CacheKey) -> Option<(Arc<File>, u64)> {
+        if let Some(pk) = key.packed() {
+            let r = self.packs.open_verified(&pk);
+            if r.is_some() {
+                self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+            }
+            return r;
+        }
+        self.open_file_verified(key).map(|f| (f, 0))
+    }
+
+    fn open_file_verified(&self, key: &CacheKey) -> Option<Arc<File>> {
         let p = self.path_of(key);
         {
             let mut open = self.open_files.lock();
@@ -313,6 +405,9 @@ impl ChunkCache {
 
     /// Whether this process has verified `key` (it then serves it without reading it again).
     pub fn is_verified(&self, key: &CacheKey) -> bool {
+        if let Some(pk) = key.packed() {
+            return self.packs.is_verified(&pk);
+        }
         let p = self.path_of(key);
         self.open_files.lock().contains(&p) || self.verified.lock().contains(&path_id(&p))
     }
@@ -393,12 +488,18 @@ impl ChunkCache {
     }
 
     fn insert_inner(&self, key: &CacheKey, data: &[u8]) -> io::Result<bool> {
+        if self.limit > 0 && data.len() as u64 > self.limit {
+            return Err(io::Error::other("chunk larger than the cache"));
+        }
+        if let Some(pk) = key.packed() {
+            if data.len() != pk.size as usize {
+                return Err(io::Error::other("chunk of the wrong size"));
+            }
+            return self.packs.insert(&pk, data);
+        }
         let p = self.path_of(key);
         if p.is_file() {
             return Ok(false);
-        }
-        if self.limit > 0 && data.len() as u64 > self.limit {
-            return Err(io::Error::other("chunk larger than the cache"));
         }
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent)?;
@@ -410,7 +511,9 @@ impl ChunkCache {
 
     fn scan_usage(&self) -> u64 {
         let mut total = 0;
-        walk(&self.root.join("data"), &mut |_, m| total += m.len());
+        for d in ["data", crate::storage::pack::PACK_DIR] {
+            walk(&self.root.join(d), &mut |_, m| total += m.len());
+        }
         total
     }
 
@@ -424,6 +527,14 @@ impl ChunkCache {
             let t = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             files.push((t, m.len(), p.to_path_buf()));
         });
+        // A pack is evicted whole, with its index (a 256th of the small chunks).
+        walk(self.packs.dir(), &mut |p, m| {
+            if p.extension().is_some_and(|e| e == "pack") {
+                let idx = fs::metadata(p.with_extension("idx")).map_or(0, |m| m.len());
+                let t = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                files.push((t, m.len() + idx, p.to_path_buf()));
+            }
+        });
         let mut total: u64 = files.iter().map(|f| f.1).sum();
         let target = self.limit / 10 * 9;
         files.sort();
@@ -435,8 +546,13 @@ impl ChunkCache {
             if now.duration_since(t).unwrap_or_default() < EVICT_GRACE {
                 continue;
             }
-            if fs::remove_file(&p).is_ok() {
-                total -= len;
+            let removed = if p.starts_with(self.packs.dir()) {
+                self.packs.evict(&p)
+            } else {
+                fs::remove_file(&p).is_ok()
+            };
+            if removed {
+                total = total.saturating_sub(len);
                 self.forget_file(&p);
                 self.metrics.evictions.fetch_add(1, Ordering::Relaxed);
             }
@@ -538,7 +654,17 @@ impl ChunkCache {
 mod tests {
     use super::*;
 
+    /// A chunk that gets a file of its own (no digest known).
     fn key(n: u8) -> CacheKey {
+        CacheKey::Blob {
+            blob_id: "blob".into(),
+            uncompressed_offset: u64::from(n) << 20,
+            size: 4,
+        }
+    }
+
+    /// A small content-addressed chunk, which goes to a pack (shard `n`).
+    fn pkey(n: u8) -> CacheKey {
         CacheKey::Digest {
             algo: Digester::Blake3,
             digest: [n; 32],
@@ -547,23 +673,86 @@ mod tests {
     }
 
     #[test]
-    fn insert_get_persist() {
+    fn small_digest_chunks_go_to_packs() {
         let d = tempfile::tempdir().unwrap();
         let c = ChunkCache::open(d.path(), 0).unwrap();
-        assert!(c.get(&key(1), &|_| true).is_none());
-        c.insert(&key(1), b"abcd").unwrap();
-        assert!(c.contains(&key(1)));
-        assert_eq!(c.get(&key(1), &|d| d == b"abcd").unwrap(), b"abcd");
-        // A new instance (another process, a restart) sees it too, but must verify first.
+        c.insert(&pkey(1), b"abcd").unwrap();
+        let big = CacheKey::Digest {
+            algo: Digester::Blake3,
+            digest: [9; 32],
+            size: crate::storage::pack::PACK_MAX + 1,
+        };
+        c.insert(
+            &big,
+            &vec![7u8; crate::storage::pack::PACK_MAX as usize + 1],
+        )
+        .unwrap();
+        let l = c.locate(&pkey(1)).unwrap();
+        assert!(l.path.starts_with(c.root().join("packs")));
+        assert_eq!(c.locate(&big).unwrap().path, c.path_of(&big));
+        assert!(!c.path_of(&pkey(1)).exists());
+        // Another process verifies before it serves by pread, then serves at the offset.
         let c2 = ChunkCache::open(d.path(), 0).unwrap();
-        assert!(c2.open_verified(&key(1)).is_none());
-        assert_eq!(c2.get(&key(1), &|_| true).unwrap(), b"abcd");
-        assert!(c2.open_verified(&key(1)).is_some());
-        // Nothing lands in upstream's file names.
-        for e in fs::read_dir(d.path()).unwrap() {
-            let n = e.unwrap().file_name().into_string().unwrap();
-            assert_eq!(n, CACHE_DIR);
+        assert!(c2.contains(&pkey(1)) && !c2.is_verified(&pkey(1)));
+        assert!(c2.open_verified(&pkey(1)).is_none());
+        assert!(c2.get(&pkey(1), &|d| d == b"bad!").is_none());
+        assert_eq!(c2.metrics().corrupt.load(Ordering::Relaxed), 1);
+        c2.insert(&pkey(1), b"abcd").unwrap();
+        let (f, off) = c2.open_verified(&pkey(1)).unwrap();
+        let mut b = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&*f, &mut b, off).unwrap();
+        assert_eq!(&b, b"abcd");
+        let mut all = c2.digest_chunks();
+        all.sort_by_key(|x| x.1);
+        assert_eq!(
+            all.len(),
+            3,
+            "two copies of the refetched chunk, one big file"
+        );
+        // A pack that cannot be written is an insert error (the chunk then stays in memory).
+        let d3 = tempfile::tempdir().unwrap();
+        let c3 = ChunkCache::open(d3.path(), 0).unwrap();
+        fs::write(c3.root().join("packs"), b"").unwrap();
+        assert!(c3.insert(&pkey(2), b"abcd").is_err());
+        assert_eq!(c3.metrics().insert_errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn packs_are_evicted_whole_by_size() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ChunkCache::open(d.path(), 100).unwrap();
+        // Ten shards of 4 bytes and one 48-byte record each: the estimate (chunk bytes)
+        // is 40, under the limit, so nothing is evicted yet.
+        for n in 0..10u8 {
+            c.insert(&pkey(n), b"abcd").unwrap();
         }
+        assert_eq!(c.metrics().evictions.load(Ordering::Relaxed), 0);
+        let old = SystemTime::now() - Duration::from_secs(100);
+        for n in 0..5u8 {
+            File::options()
+                .write(true)
+                .open(c.locate(&pkey(n)).unwrap().path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        // Past the limit: the store is rescanned, and the old packs go, index and all.
+        let big = CacheKey::Digest {
+            algo: Digester::Blake3,
+            digest: [200; 32],
+            size: 64,
+        };
+        c.insert(&big, &[1u8; 64]).unwrap();
+        assert_eq!(c.metrics().evictions.load(Ordering::Relaxed), 5);
+        for n in 0..5u8 {
+            assert!(!c.contains(&pkey(n)), "old pack {n} kept");
+            let p = c.root().join(format!("packs/blake3/{n:02x}.idx"));
+            assert!(!p.exists());
+        }
+        for n in 5..10u8 {
+            assert!(c.contains(&pkey(n)), "recent pack {n} evicted");
+        }
+        assert!(c.contains(&big));
     }
 
     #[test]
@@ -571,7 +760,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = ChunkCache::open(d.path(), 0).unwrap();
         c.insert(&key(2), b"good").unwrap();
-        fs::write(c.path_of(&key(2)), b"bad!").unwrap();
+        fs::write(c.locate(&key(2)).unwrap().path, b"bad!").unwrap();
         let c2 = ChunkCache::open(d.path(), 0).unwrap();
         assert!(c2.get(&key(2), &|d| d == b"good").is_none());
         assert!(!c2.contains(&key(2)));

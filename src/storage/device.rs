@@ -836,7 +836,7 @@ impl ChunkReader for BlobDevice {
         }
         if let Some(cache) = self.cache.as_ref().filter(|_| !self.opts.cache_compressed) {
             let key = self.cache_key(&c)?;
-            if let Some(file) = cache.open_verified(&key) {
+            if let Some((file, base)) = cache.open_verified(&key) {
                 // SAFETY: a File view of the cache's open fd that is never dropped (the Arc
                 // keeps the fd open for the whole borrow).
                 let mut f = std::mem::ManuallyDrop::new(unsafe {
@@ -852,7 +852,7 @@ impl ChunkReader for BlobDevice {
                 let mut done = 0;
                 while done < len {
                     let n = w
-                        .write_from(f, len - done, (offset + done) as u64)
+                        .write_from(f, len - done, base + (offset + done) as u64)
                         .map_err(|source| StorageError::Io {
                             blob_id: id.clone(),
                             source,
@@ -1077,16 +1077,29 @@ mod tests {
             d2.metrics().cache_hits.load(Ordering::Relaxed),
             u64::from(n)
         );
-        // Corrupt one cached file: detected, refetched, served right, file repaired.
+        // Corrupt one cached chunk: detected, refetched, served right, stored again.
         let c5 = d2.chunk_info(&idx(5)).unwrap();
         let key = d2.cache_key(&c5).unwrap();
-        std::fs::write(
-            cache2.path_of(&key),
-            vec![0u8; c5.uncompressed_size as usize],
+        let at = cache2.locate(&key).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new()
+                .write(true)
+                .open(&at.path)
+                .unwrap(),
+            &vec![0u8; c5.uncompressed_size as usize],
+            at.offset,
         )
         .unwrap();
         let cache3 = chunk_5_is_refetched(t.path(), &mk, &first[5]);
-        assert_eq!(std::fs::read(cache3.path_of(&key)).unwrap(), *first[5]);
+        let at = cache3.locate(&key).unwrap();
+        let mut got = vec![0u8; c5.uncompressed_size as usize];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&at.path).unwrap(),
+            &mut got,
+            at.offset,
+        )
+        .unwrap();
+        assert_eq!(got, *first[5]);
     }
 
     /// A reply writer that refuses the zero-copy file path.
@@ -1234,6 +1247,6 @@ mod tests {
         let key = dev.cache_key(&dev.chunk_info(&idx(2)).unwrap()).unwrap();
         let a = cache.open_verified(&key).unwrap();
         let b = cache.open_verified(&key).unwrap();
-        assert!(Arc::ptr_eq(&a, &b), "one open file for a warm chunk");
+        assert!(Arc::ptr_eq(&a.0, &b.0), "one open file for a warm chunk");
     }
 }

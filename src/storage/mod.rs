@@ -8,6 +8,7 @@ pub mod cache;
 pub mod device;
 pub mod flight;
 pub mod localfs;
+pub mod pack;
 pub mod registry;
 
 use std::sync::Arc;
