@@ -1,9 +1,11 @@
 //! The shared host chunk cache (`cache.type` blobcache/filecache, in `work_dir`).
 //!
 //! One directory, `<work_dir>/rafs-chunks/`, serves every daemon process on the host. Each
-//! decompressed chunk is one immutable file, keyed by the chunk's digest when the image has
-//! one (so identical chunks of different images and blobs are stored once), else by blob id
-//! and uncompressed offset. Layout, locking and eviction are described in docs/cache.md.
+//! decompressed chunk is keyed by the chunk's digest when the image has one (so identical
+//! chunks of different images and blobs are stored once), else by blob id and uncompressed
+//! offset. Small content-addressed chunks are records in shared pack files
+//! ([`crate::storage::pack`]); the others are one immutable file each. Layout, locking and
+//! eviction are described in docs/cache.md.
 //!
 //! * Files appear atomically: written under `tmp/`, then renamed into place.
 //! * Fetches are single-flight across processes: a fetcher holds an exclusive `flock` on one

@@ -420,17 +420,21 @@ mod tests {
         *blake3::hash(&[n]).as_bytes()
     }
 
+    fn pk(digest: &[u8; 32], size: u32) -> PackKey<'_> {
+        PackKey {
+            algo: Digester::Blake3,
+            digest,
+            size,
+        }
+    }
+
     #[test]
     fn append_find_and_share_between_processes() {
         let t = tempfile::tempdir().unwrap();
         let a = Packs::new(t.path());
         let b = Packs::new(t.path());
         let d1 = key(1);
-        let k1 = PackKey {
-            algo: Digester::Blake3,
-            digest: &d1,
-            size: 5,
-        };
+        let k1 = pk(&d1, 5);
         assert!(!a.contains(&k1));
         assert!(a.insert(&k1, b"hello").unwrap());
         assert!(a.is_verified(&k1));
@@ -454,11 +458,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let a = Packs::new(t.path());
         let d = key(2);
-        let k = PackKey {
-            algo: Digester::Blake3,
-            digest: &d,
-            size: 4,
-        };
+        let k = pk(&d, 4);
         a.insert(&k, b"good").unwrap();
         let loc = a.locate(&k).unwrap();
         let f = OpenOptions::new().write(true).open(&loc.path).unwrap();
@@ -482,11 +482,7 @@ mod tests {
             d
         };
         let (d1, d2, d3) = (same(3), same(4), same(5));
-        let k = |d| PackKey {
-            algo: Digester::Blake3,
-            digest: d,
-            size: 3,
-        };
+        let k = |d| pk(d, 3);
         a.insert(&k(&d1), b"one").unwrap();
         let idx = a.path(k(&d1).shard(), "idx");
         // A damaged record and a torn half record after it.
@@ -513,11 +509,7 @@ mod tests {
         let a = Packs::new(t.path());
         let b = Packs::new(t.path());
         let d = key(6);
-        let k = PackKey {
-            algo: Digester::Blake3,
-            digest: &d,
-            size: 3,
-        };
+        let k = pk(&d, 3);
         a.insert(&k, b"abc").unwrap();
         assert!(b.contains(&k));
         let (f, off) = a.open_verified(&k).unwrap();
