@@ -146,12 +146,17 @@ pub struct ChunkCache {
     verified: Mutex<HashSet<u128>>,
     /// Verified files kept open for warm reads (bounded), with when their mtime (the LRU
     /// clock of eviction) was last bumped.
-    open_files: Mutex<lru::LruCache<PathBuf, (Arc<File>, std::time::Instant)>>,
+    /// Keyed by the chunk key, not its path, so a warm read formats no path; the value
+    /// keeps the file's [`path_id`] for eviction, which knows paths only.
+    open_files: Mutex<lru::LruCache<CacheKey, OpenFile>>,
     evicting: Mutex<()>,
     /// Small content-addressed chunks, many to a file (storage::pack).
     packs: Packs,
     metrics: CacheMetrics,
 }
+
+/// A verified file kept open: the file, when its mtime was last bumped, its [`path_id`].
+type OpenFile = (Arc<File>, std::time::Instant, u128);
 
 /// Where a chunk's bytes are: a file, and the offset in it (0 but in a pack).
 pub struct Location {
@@ -372,10 +377,9 @@ impl ChunkCache {
     }
 
     fn open_file_verified(&self, key: &CacheKey) -> Option<Arc<File>> {
-        let p = self.path_of(key);
         {
             let mut open = self.open_files.lock();
-            if let Some((f, touched)) = open.get_mut(&p) {
+            if let Some((f, touched, _)) = open.get_mut(key) {
                 if touched.elapsed() >= TOUCH_EVERY {
                     let _ = f.set_modified(SystemTime::now());
                     *touched = std::time::Instant::now();
@@ -384,7 +388,9 @@ impl ChunkCache {
                 return Some(f.clone());
             }
         }
-        if !self.verified.lock().contains(&path_id(&p)) {
+        let p = self.path_of(key);
+        let id = path_id(&p);
+        if !self.verified.lock().contains(&id) {
             return None;
         }
         match File::open(&p) {
@@ -395,11 +401,11 @@ impl ChunkCache {
                 let f = Arc::new(f);
                 self.open_files
                     .lock()
-                    .put(p, (f.clone(), std::time::Instant::now()));
+                    .put(key.clone(), (f.clone(), std::time::Instant::now(), id));
                 Some(f)
             }
             Err(_) => {
-                self.verified.lock().remove(&path_id(&p));
+                self.verified.lock().remove(&id);
                 None
             }
         }
@@ -410,14 +416,19 @@ impl ChunkCache {
         if let Some(pk) = key.packed() {
             return self.packs.is_verified(&pk);
         }
-        let p = self.path_of(key);
-        self.open_files.lock().contains(&p) || self.verified.lock().contains(&path_id(&p))
+        self.open_files.lock().contains(key)
+            || self.verified.lock().contains(&path_id(&self.path_of(key)))
     }
 
     /// Forgets what this process knew of the file at `p`.
     fn forget_file(&self, p: &Path) {
-        self.verified.lock().remove(&path_id(p));
-        self.open_files.lock().pop(p);
+        let id = path_id(p);
+        self.verified.lock().remove(&id);
+        let mut open = self.open_files.lock();
+        let key = open.iter().find(|(_, v)| v.2 == id).map(|(k, _)| k.clone());
+        if let Some(k) = key {
+            open.pop(&k);
+        }
     }
 
     /// Take the cross-process fetch lock for `key` (best effort: without it, a fetch may be
@@ -776,6 +787,8 @@ mod tests {
         for n in 0..10u8 {
             c.insert(&key(n), b"abcd").unwrap();
         }
+        // One is open for warm reads.
+        assert!(c.open_verified(&key(0)).is_some());
         // Age the first five so they are evictable (newer files are protected briefly).
         let old = SystemTime::now() - Duration::from_secs(100);
         for n in 0..5u8 {
@@ -790,6 +803,9 @@ mod tests {
         assert!(c.metrics().evictions.load(Ordering::Relaxed) >= 1);
         assert!(c.scan_usage() <= 40);
         assert!(!c.contains(&key(0)));
+        // What this process knew of an evicted file goes with it, open file included.
+        assert!(!c.is_verified(&key(0)));
+        assert!(c.open_verified(&key(0)).is_none());
         assert!(c.contains(&key(10)));
         // Chunks larger than the whole cache are refused, not stored.
         let big = vec![0u8; 41];

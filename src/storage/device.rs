@@ -131,7 +131,9 @@ impl MemCache {
 /// Per-blob lazily loaded state.
 struct BlobState {
     info: BlobInfo,
-    /// The ci array; the mutex is held while loading, which makes loading single-flight.
+    /// The ci array once loaded (read without a lock on every chunk lookup).
+    ci_ready: std::sync::OnceLock<Arc<ChunkInfoArray>>,
+    /// Held while loading, which makes loading single-flight.
     ci: Mutex<Option<Arc<ChunkInfoArray>>>,
     /// The `blob.digest` array (v6 with INLINED_CHUNK_DIGEST), loaded on demand.
     digests: Mutex<Option<Arc<Vec<u8>>>>,
@@ -194,6 +196,7 @@ impl BlobDevice {
             info.blob_id = id;
             blobs.push(BlobState {
                 info,
+                ci_ready: std::sync::OnceLock::new(),
                 ci: Mutex::new(None),
                 digests: Mutex::new(None),
             });
@@ -285,6 +288,9 @@ impl BlobDevice {
     /// when that file is valid, else by a range read of the blob.
     pub fn ci_array(&self, index: u32) -> Result<Arc<ChunkInfoArray>> {
         let b = self.blob(index)?;
+        if let Some(a) = b.ci_ready.get() {
+            return Ok(a.clone());
+        }
         let mut slot = b.ci.lock();
         if let Some(a) = slot.as_ref() {
             return Ok(a.clone());
@@ -316,6 +322,7 @@ impl BlobDevice {
         self.metrics.ci_loads.fetch_add(1, Ordering::Relaxed);
         let arr = Arc::new(arr);
         *slot = Some(arr.clone());
+        let _ = b.ci_ready.set(arr.clone());
         Ok(arr)
     }
 
@@ -385,9 +392,11 @@ impl BlobDevice {
                 ..
             } => {
                 let arr = self.ci_array(blob_index)?;
-                let id = self.blob(blob_index)?.info.blob_id.clone();
                 arr.get(ci_index).map_err(|e| StorageError::BadCi {
-                    blob_id: id,
+                    blob_id: self
+                        .blob(blob_index)
+                        .map(|b| b.info.blob_id.clone())
+                        .unwrap_or_default(),
                     reason: e.to_string(),
                 })?
             }
