@@ -449,12 +449,19 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
     let sb = common.sandbox_config(&[], true)?;
     sandbox::enter(&sb)?;
     let signals = signal_channel()?;
-    let tree = Arc::new(FsTree::new());
+    // Without --shared-dir the session serves RAFS only, as nydusd's RAFS daemons do: a
+    // read-only mount with zero-message open (FsTree::rafs_only).
+    let rafs_only = common.mounts.shared_dir.is_none();
+    let tree = Arc::new(if rafs_only {
+        FsTree::rafs_only()
+    } else {
+        FsTree::new()
+    });
     tree.set_allowed_roots(allowed_roots(common));
     mount_startup(&tree, &common.mounts)?;
     let ctx = ApiContext::new(tree.clone(), common.id.clone());
 
-    let mut session = FuseSession::new(mountpoint, "rafs-virtiofsd", "", false)
+    let mut session = FuseSession::new(mountpoint, "rafs-virtiofsd", "", rafs_only)
         .map_err(|e| DaemonError::Fuse(e.to_string()))?;
     session.set_allow_other(true);
     session

@@ -300,3 +300,91 @@ fn backend_blobcache_and_prometheus_metrics() {
         "{text}"
     );
 }
+
+/// A FUSE daemon without `--shared-dir` serves RAFS only, as nydusd's RAFS daemons do: the
+/// mount is read-only, files open with zero messages and FLUSH is off, and an image's data
+/// is never re-checked (no AUTO_INVAL_DATA). Reading a file whose dentry, ACL and pages are
+/// cached then sends at most the GETATTR the kernel revalidates with (nydusd gets the same);
+/// before, OPEN, FLUSH and RELEASE went out for every file too. A passthrough mount is
+/// refused with a clear error.
+#[test]
+fn a_rafs_only_fuse_session_reads_a_file_with_one_request() {
+    let img = fixture("v6-zstd-64k-base");
+    let cfgdir = tempfile::tempdir().unwrap();
+    let cfg = cfgdir.path().join("config.json");
+    std::fs::write(&cfg, config_for(&img, cfgdir.path())).unwrap();
+    let boot = img.join("image.boot").display().to_string();
+    let cfg = cfg.display().to_string();
+    let f = Fuse::start(&["--bootstrap", &boot, "--config", &cfg]);
+    let mut files = Vec::new();
+    let mut stack = vec![f.mnt()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                files.push(e.path());
+            }
+        }
+    }
+    assert!(files.len() >= 10, "{} files", files.len());
+    let counts = || {
+        let m = http(&f.api(), "GET", "/api/v1/metrics", None).json();
+        let m = &m["/"];
+        (
+            m["requests"].as_u64().unwrap(),
+            m["read_ops"].as_u64().unwrap(),
+        )
+    };
+    let read_all = || -> usize { files.iter().map(|p| std::fs::read(p).unwrap().len()).sum() };
+    // Cold: READs, plus the kernel's first look at each ACL and the one FLUSH that turns
+    // FLUSH off; never an OPEN, FLUSH and RELEASE per file.
+    let (r0, d0) = counts();
+    let bytes = read_all();
+    let (r1, d1) = counts();
+    assert!(bytes > 0 && d1 > d0, "no READ counted");
+    let other = (r1 - r0) - (d1 - d0);
+    assert!(
+        other < files.len() as u64,
+        "{other} requests besides {} READs for {} files",
+        d1 - d0,
+        files.len()
+    );
+    // Warm: no READ, and about one request a file (the GETATTR; a few ACL looks besides).
+    assert_eq!(read_all(), bytes);
+    let (r2, d2) = counts();
+    assert_eq!(d2, d1, "a warm pass read from the daemon");
+    assert!(
+        r2 - r1 < 2 * files.len() as u64,
+        "{} requests for a warm pass over {} files",
+        r2 - r1,
+        files.len()
+    );
+    // Read-only: the kernel refuses a writable open itself.
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    // A passthrough cannot join this session.
+    let src = tempfile::tempdir().unwrap();
+    let body = serde_json::json!({"fs_type": "passthrough_fs", "source": src.path(), "config": ""})
+        .to_string();
+    let r = http(
+        &f.api(),
+        "POST",
+        "/api/v1/mount?mountpoint=/pt",
+        Some(&body),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("--shared-dir"),
+        "{:?}",
+        r.json()
+    );
+}

@@ -50,6 +50,8 @@ pub const FUSE_COPY_FILE_RANGE: u32 = 47;
 pub const FUSE_SYNCFS: u32 = 50;
 /// TMPFILE (7.37).
 pub const FUSE_TMPFILE: u32 = 51;
+/// FLUSH: answered with ENOSYS in a RAFS-only session (see [`Dispatcher::rafs_only`]).
+pub const FUSE_FLUSH: u32 = 25;
 
 /// Bits of a VFS node id that select the backend filesystem.
 const VFS_INDEX_SHIFT: u32 = 56;
@@ -61,6 +63,7 @@ pub struct Dispatcher {
     vfs: Arc<Vfs>,
     server: Server<Arc<Vfs>>,
     mounts: Arc<Mutex<BTreeMap<String, MountRecord>>>,
+    rafs_only: bool,
 }
 
 impl Dispatcher {
@@ -70,7 +73,17 @@ impl Dispatcher {
             server: Server::new(vfs.clone()),
             vfs,
             mounts,
+            rafs_only: false,
         }
+    }
+
+    /// A dispatcher for a session that can only ever hold RAFS (read-only) mounts: FLUSH,
+    /// a no-op there, is answered with ENOSYS, after which the kernel stops sending it (one
+    /// request less per `close`). A session with a passthrough must keep FLUSH (close
+    /// errors, lock release), and the kernel's switch is per connection.
+    pub fn rafs_only(mut self) -> Self {
+        self.rafs_only = true;
+        self
     }
 
     /// Runs `f` on the passthrough filesystem mounted with VFS index `idx`.
@@ -224,6 +237,8 @@ impl Dispatcher {
                     }?;
                     Ok(LseekOut { offset: off }.as_slice().to_vec())
                 }),
+            // On purpose: the kernel then stops sending FLUSH on this connection.
+            FUSE_FLUSH if self.rafs_only => return send(&mut w, &ih, hook, -libc::ENOSYS, &[]),
             FUSE_GETXATTR if idx == 0 => Err(errno(libc::ENODATA)),
             FUSE_LISTXATTR if idx == 0 => peek
                 .read_obj::<GetxattrIn>()
@@ -275,9 +290,6 @@ fn reply<S: BitmapSlice>(
     hook: Option<&dyn MetricsHook>,
     res: io::Result<Vec<u8>>,
 ) -> fuse_backend_rs::Result<usize> {
-    if let Some(h) = hook {
-        h.collect(ih);
-    }
     let (error, payload) = match res {
         Ok(p) => (0, p),
         Err(e) => {
@@ -289,13 +301,27 @@ fn reply<S: BitmapSlice>(
             (-n, Vec::new())
         }
     };
+    send(w, ih, hook, error, &payload)
+}
+
+/// Writes the reply to `ih`: `error` (0 or a negative errno) and `payload`.
+fn send<S: BitmapSlice>(
+    w: &mut Writer<'_, S>,
+    ih: &InHeader,
+    hook: Option<&dyn MetricsHook>,
+    error: i32,
+    payload: &[u8],
+) -> fuse_backend_rs::Result<usize> {
+    if let Some(h) = hook {
+        h.collect(ih);
+    }
     let header = OutHeader {
         len: (size_of::<OutHeader>() + payload.len()) as u32,
         error,
         unique: ih.unique,
     };
     let mut msg = header.as_slice().to_vec();
-    msg.extend_from_slice(&payload);
+    msg.extend_from_slice(payload);
     w.write_all(&msg)
         .map_err(fuse_backend_rs::Error::EncodeMessage)?;
     w.commit(None)

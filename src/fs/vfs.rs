@@ -90,6 +90,9 @@ pub enum MountError {
     /// The source is outside every `--allowed-root`.
     #[error("source {0:?} is outside the allowed roots ({1}); see --allowed-root")]
     NotAllowed(String, String),
+    /// A passthrough asked of a session that serves RAFS only ([`FsTree::rafs_only`]).
+    #[error("this daemon serves RAFS only (FUSE mode started without --shared-dir, read-only, zero-message open); a passthrough mount needs --shared-dir at start")]
+    RafsOnly,
     /// Under `--sandbox chroot`, a path the daemon cannot reach.
     #[error("{0:?} is outside the chroot {1} (--sandbox chroot: sources and config paths must lie under it, given without \"..\")")]
     OutsideChroot(String, String),
@@ -99,7 +102,9 @@ impl MountError {
     /// The HTTP status the API answers with for this error.
     pub fn http_status(&self) -> u16 {
         match self {
-            MountError::UnknownFsType(_) | MountError::BadMountpoint(..) => 400,
+            MountError::UnknownFsType(_) | MountError::BadMountpoint(..) | MountError::RafsOnly => {
+                400
+            }
             MountError::NotMounted(_) => 404,
             MountError::NotAllowed(..) | MountError::OutsideChroot(..) => 403,
             MountError::AlreadyMounted(_) => 409,
@@ -395,6 +400,8 @@ pub struct FsTree {
     host_root: Mutex<Option<HostRoot>>,
     /// Which reads and writes may be served inline (see [`InlineReads`]).
     inline: Arc<InlineReads>,
+    /// Only RAFS mounts, ever ([`FsTree::rafs_only`]).
+    rafs_only: bool,
 }
 
 impl Default for FsTree {
@@ -406,16 +413,39 @@ impl Default for FsTree {
 impl FsTree {
     /// An empty tree (just the pseudo root).
     pub fn new() -> Self {
-        let vfs = Arc::new(Vfs::new(vfs_options()));
-        let mounts = Arc::new(Mutex::new(BTreeMap::new()));
+        Self::with_options(vfs_options(), false)
+    }
+
+    /// An empty tree that only ever holds RAFS mounts, as nydusd's RAFS daemons are (a FUSE
+    /// daemon started without `--shared-dir`). Files open with zero messages (the kernel
+    /// sends no OPEN or RELEASE, like nydusd's `no_open`), and FLUSH is turned off; with
+    /// READDIRPLUS a cold small file then costs one READ, and a warm one (in the page cache,
+    /// without AUTO_INVAL_DATA) none. Passthrough mounts are refused
+    /// ([`MountError::RafsOnly`]): they need OPEN. Mount such a session read-only, so the
+    /// kernel refuses writable opens itself.
+    pub fn rafs_only() -> Self {
+        let mut opts = vfs_options();
+        opts.no_open = true;
+        // An image never changes: no GETATTR before reads to see whether it did.
+        opts.out_opts.remove(FsOptions::AUTO_INVAL_DATA);
+        Self::with_options(opts, true)
+    }
+
+    fn with_options(opts: VfsOptions, rafs_only: bool) -> Self {
         FsTree {
-            vfs,
-            mounts,
+            vfs: Arc::new(Vfs::new(opts)),
+            mounts: Arc::new(Mutex::new(BTreeMap::new())),
             metrics: Arc::new(FsMetrics::new()),
             allowed_roots: Mutex::new(Vec::new()),
             host_root: Mutex::new(None),
             inline: Arc::new(InlineReads::default()),
+            rafs_only,
         }
+    }
+
+    /// Whether this tree serves RAFS only ([`FsTree::rafs_only`]).
+    pub fn is_rafs_only(&self) -> bool {
+        self.rafs_only
     }
 
     /// The VFS to hand to a fuse-backend-rs `Server`.
@@ -426,7 +456,12 @@ impl FsTree {
     /// A request dispatcher for one connection: the VFS `Server` plus the opcodes it lacks
     /// (see [`super::dispatch`]).
     pub fn dispatcher(&self) -> Dispatcher {
-        Dispatcher::new(self.vfs.clone(), self.mounts.clone())
+        let d = Dispatcher::new(self.vfs.clone(), self.mounts.clone());
+        if self.rafs_only {
+            d.rafs_only()
+        } else {
+            d
+        }
     }
 
     /// Forgets the guest's FUSE session (inodes, handles); mounts stay.
@@ -498,6 +533,9 @@ impl FsTree {
         mountpoint: &str,
     ) -> Result<(), MountError> {
         let mp = normalize_mountpoint(mountpoint)?;
+        if self.rafs_only && fs_type == FsType::Passthrough {
+            return Err(MountError::RafsOnly);
+        }
         // Cheap early check so a bad request does not open anything; mount_backend checks
         // again under the lock.
         if self.mounts.lock().contains_key(&mp) {
@@ -527,6 +565,9 @@ impl FsTree {
         mountpoint: &str,
     ) -> Result<(), MountError> {
         let mp = normalize_mountpoint(mountpoint)?;
+        if self.rafs_only && fs_type == FsType::Passthrough {
+            return Err(MountError::RafsOnly);
+        }
         // Held across the VFS mount so two racing mounts of one path cannot both succeed.
         let mut mounts = self.mounts.lock();
         if mounts.contains_key(&mp) {
@@ -613,7 +654,10 @@ impl FsTree {
             }
             m.insert(r.mountpoint.clone(), v);
         }
-        m.insert("/".into(), self.metrics.per_fs[0].to_json());
+        // The pseudo root's own counters, unless a filesystem is mounted at "/" (a FUSE
+        // daemon's --bootstrap): that one's then stand under "/".
+        m.entry("/")
+            .or_insert_with(|| self.metrics.per_fs[0].to_json());
         Value::Object(m)
     }
 }
