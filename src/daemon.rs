@@ -449,9 +449,11 @@ pub fn run_fuse(mountpoint: &Path, common: &CommonOptions) -> Result<(), DaemonE
     let sb = common.sandbox_config(&[], true)?;
     sandbox::enter(&sb)?;
     let signals = signal_channel()?;
-    // Without --shared-dir the session serves RAFS only, as nydusd's RAFS daemons do: a
-    // read-only mount with zero-message open (FsTree::rafs_only).
-    let rafs_only = common.mounts.shared_dir.is_none();
+    // Started with --bootstrap and no --shared-dir, the session serves RAFS only, as
+    // nydusd's RAFS daemons do: a read-only mount with zero-message open
+    // (FsTree::rafs_only). A daemon started empty may be given passthroughs through the
+    // API, so it keeps OPEN and FLUSH.
+    let rafs_only = common.mounts.shared_dir.is_none() && common.mounts.bootstrap.is_some();
     let tree = Arc::new(if rafs_only {
         FsTree::rafs_only()
     } else {

@@ -91,7 +91,7 @@ pub enum MountError {
     #[error("source {0:?} is outside the allowed roots ({1}); see --allowed-root")]
     NotAllowed(String, String),
     /// A passthrough asked of a session that serves RAFS only ([`FsTree::rafs_only`]).
-    #[error("this daemon serves RAFS only (FUSE mode started without --shared-dir, read-only, zero-message open); a passthrough mount needs --shared-dir at start")]
+    #[error("this daemon serves RAFS only (FUSE mode started with --bootstrap and without --shared-dir: read-only, zero-message open); a passthrough needs a daemon started with --shared-dir or with neither")]
     RafsOnly,
     /// Under `--sandbox chroot`, a path the daemon cannot reach.
     #[error("{0:?} is outside the chroot {1} (--sandbox chroot: sources and config paths must lie under it, given without \"..\")")]
@@ -417,7 +417,7 @@ impl FsTree {
     }
 
     /// An empty tree that only ever holds RAFS mounts, as nydusd's RAFS daemons are (a FUSE
-    /// daemon started without `--shared-dir`). Files open with zero messages (the kernel
+    /// daemon started with `--bootstrap` and without `--shared-dir`). Files open with zero messages (the kernel
     /// sends no OPEN or RELEASE, like nydusd's `no_open`), and FLUSH is turned off; with
     /// READDIRPLUS a cold small file then costs one READ, and a warm one (in the page cache,
     /// without AUTO_INVAL_DATA) none. Passthrough mounts are refused
