@@ -296,7 +296,7 @@ impl VhostUserFsBackend {
 }
 
 /// FUSE opcodes that may wait on storage: data transfer (a RAFS READ may wait for a
-/// registry fetch), syncs, truncating SETATTR, blocking locks. They run on the pool so they
+/// registry fetch), syncs, SETATTR (but a passthrough's), blocking locks. They run on the pool so they
 /// cannot stall the queue; everything else (lookups, getattr, readdir, xattrs, open,
 /// release, namespace changes: answered from the RAFS mmap or by one quick host syscall)
 /// runs inline on the queue's worker, which saves two thread switches per request.
@@ -312,8 +312,8 @@ const POOLED_OPCODES: [Opcode; 8] = [
 ];
 
 /// Whether the request in `chain` should go to the pool (see [`POOLED_OPCODES`]). A header
-/// that cannot be read is answered inline (with the server's error). READ and WRITE of a
-/// passthrough, and READs that [`InlineReads`] finds warm (every chunk already verified in
+/// that cannot be read is answered inline (with the server's error). READ, WRITE and SETATTR
+/// of a passthrough, and READs that [`InlineReads`] finds warm (every chunk already verified in
 /// the cache), are served inline, as virtiofsd serves its reads: they wait on the host's page
 /// cache or disk, never on a registry, and the hand-off to the pool cost more CPU than the
 /// read (docs/performance.md).
@@ -327,7 +327,11 @@ fn request_may_block(chain: &Chain, inline: &InlineReads) -> bool {
     let Ok(ih) = chain.memory().read_obj::<InHeader>(desc.addr()) else {
         return false;
     };
-    if ih.opcode == Opcode::Write as u32 && inline.is_local((ih.nodeid >> 56) as u8) {
+    // Passthrough WRITE and SETATTR are one host syscall on the page cache, as for virtiofsd
+    // (a SETATTR follows every close under the writeback cache: mtime).
+    if (ih.opcode == Opcode::Write as u32 || ih.opcode == Opcode::Setattr as u32)
+        && inline.is_local((ih.nodeid >> 56) as u8)
+    {
         return false;
     }
     if ih.opcode == Opcode::Read as u32 {
