@@ -70,6 +70,16 @@ fn config_for(img: &Path, cache: &Path) -> String {
     .to_string()
 }
 
+/// `--bootstrap` and `--config` values for `img`, with the config (and cache) in `dir`.
+fn standalone_args(img: &Path, dir: &Path) -> (String, String) {
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, config_for(img, dir)).unwrap();
+    (
+        img.join("image.boot").display().to_string(),
+        cfg.display().to_string(),
+    )
+}
+
 struct Fuse {
     d: Option<Daemon>,
     dir: tempfile::TempDir,
@@ -213,10 +223,7 @@ fn bad_rafs_config_is_a_json_error() {
 fn standalone_bootstrap_at_virtual_mountpoint() {
     let img = fixture("v5-zstd-64k");
     let cfgdir = tempfile::tempdir().unwrap();
-    let cfg = cfgdir.path().join("config.json");
-    std::fs::write(&cfg, config_for(&img, cfgdir.path())).unwrap();
-    let boot = img.join("image.boot").display().to_string();
-    let cfg = cfg.display().to_string();
+    let (boot, cfg) = standalone_args(&img, cfgdir.path());
     let tree = std::fs::read_to_string(img.join("TREE")).unwrap();
     let f = Fuse::start(&[
         "--bootstrap",
@@ -311,10 +318,7 @@ fn backend_blobcache_and_prometheus_metrics() {
 fn a_rafs_only_fuse_session_reads_a_file_with_one_request() {
     let img = fixture("v6-zstd-64k-base");
     let cfgdir = tempfile::tempdir().unwrap();
-    let cfg = cfgdir.path().join("config.json");
-    std::fs::write(&cfg, config_for(&img, cfgdir.path())).unwrap();
-    let boot = img.join("image.boot").display().to_string();
-    let cfg = cfg.display().to_string();
+    let (boot, cfg) = standalone_args(&img, cfgdir.path());
     let f = Fuse::start(&["--bootstrap", &boot, "--config", &cfg]);
     let mut files = Vec::new();
     let mut stack = vec![f.mnt()];
