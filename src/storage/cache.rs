@@ -309,6 +309,11 @@ impl ChunkCache {
         out
     }
 
+    /// The pack files of small chunks (storage::pack), for checks of the store.
+    pub fn packs(&self) -> &Packs {
+        &self.packs
+    }
+
     /// Whether `key` is stored (unverified).
     pub fn contains(&self, key: &CacheKey) -> bool {
         match key.packed() {

@@ -63,12 +63,13 @@ impl PackKey<'_> {
         a * 256 + usize::from(self.digest[0])
     }
 
-    /// In-memory identity: 128 bits of the digest and the size (as the cache's verified
-    /// set, 16 bytes of a cryptographic digest).
-    fn id(&self) -> (u128, u32) {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&self.digest[..16]);
-        (u128::from_le_bytes(b), self.size)
+    /// In-memory identity: the hash-table key (digest bytes 8..16) and a tag (bytes 16..20)
+    /// with the size, checked on every lookup. 96 digest bits and the size, close to the
+    /// cache's 128-bit path ids, in 16 bytes a chunk (a 1M-chunk image: about 24 MB).
+    fn id(&self) -> (u64, u32, u32) {
+        let key = u64::from_le_bytes(self.digest[8..16].try_into().unwrap_or_default());
+        let tag = u32::from_le_bytes(self.digest[16..20].try_into().unwrap_or_default());
+        (key, tag, self.size)
     }
 }
 
@@ -78,13 +79,64 @@ struct Entry {
     verified: bool,
 }
 
+/// One hash-table slot of [`Index`]: 16 bytes.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// Offset << 1 | verified.
+    offset_verified: u64,
+    tag: u32,
+    size: u32,
+}
+
+/// A shard's known chunks. Two chunks whose keys collide share a slot, the later one
+/// winning; a lookup of the other then misses (its tag or size differs) and the chunk is
+/// fetched and appended again: never a wrong byte, at worst a refetch.
+#[derive(Default)]
+struct Index(HashMap<u64, Slot>);
+
+impl Index {
+    fn get(&self, k: &PackKey) -> Option<Entry> {
+        let (key, tag, size) = k.id();
+        let s = self
+            .0
+            .get(&key)
+            .filter(|s| s.tag == tag && s.size == size)?;
+        Some(Entry {
+            offset: s.offset_verified >> 1,
+            verified: s.offset_verified & 1 == 1,
+        })
+    }
+
+    fn contains(&self, k: &PackKey) -> bool {
+        self.get(k).is_some()
+    }
+
+    fn insert(&mut self, k: &PackKey, e: Entry) {
+        let (key, tag, size) = k.id();
+        self.0.insert(
+            key,
+            Slot {
+                offset_verified: e.offset << 1 | u64::from(e.verified),
+                tag,
+                size,
+            },
+        );
+    }
+
+    fn remove(&mut self, k: &PackKey) {
+        if self.contains(k) {
+            self.0.remove(&k.id().0);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     pack: Option<Arc<File>>,
     idx: Option<File>,
     /// Index bytes parsed so far.
     parsed: u64,
-    map: HashMap<(u128, u32), Entry>,
+    map: Index,
     touched: Option<Instant>,
 }
 
@@ -221,16 +273,15 @@ impl Packs {
                     digest: &digest,
                     size,
                 };
-                let e = s.map.entry(k.id()).or_insert(Entry {
-                    offset,
-                    verified: false,
-                });
-                if e.offset != offset {
-                    // A later copy (the earlier one was found corrupt): use it.
-                    *e = Entry {
-                        offset,
-                        verified: false,
-                    };
+                // A later copy (the earlier one was found corrupt) replaces it.
+                if s.map.get(&k).is_none_or(|e| e.offset != offset) {
+                    s.map.insert(
+                        &k,
+                        Entry {
+                            offset,
+                            verified: false,
+                        },
+                    );
                 }
             }
             s.parsed = whole;
@@ -242,7 +293,7 @@ impl Packs {
     fn lookup(&self, k: &PackKey) -> Option<(Arc<File>, Entry)> {
         let shard = k.shard();
         let mut s = self.shards[shard].lock();
-        if !s.map.contains_key(&k.id()) {
+        if !s.map.contains(k) {
             if let Err(e) = self.refresh(shard, &mut s, false) {
                 log::debug!(
                     "chunk cache: pack index {}: {e}",
@@ -250,7 +301,7 @@ impl Packs {
                 );
             }
         }
-        let e = *s.map.get(&k.id())?;
+        let e = s.map.get(k)?;
         Some((s.pack.clone()?, e))
     }
 
@@ -262,14 +313,14 @@ impl Packs {
     /// Whether this process has verified `k`'s bytes.
     pub fn is_verified(&self, k: &PackKey) -> bool {
         let s = self.shards[k.shard()].lock();
-        s.map.get(&k.id()).is_some_and(|e| e.verified)
+        s.map.get(k).is_some_and(|e| e.verified)
     }
 
     /// `k`'s pack and offset if this process has verified its bytes there (for `pread`
     /// into the reply). Bumps the pack's mtime, the eviction clock, now and then.
     pub fn open_verified(&self, k: &PackKey) -> Option<(Arc<File>, u64)> {
         let mut s = self.shards[k.shard()].lock();
-        let e = *s.map.get(&k.id()).filter(|e| e.verified)?;
+        let e = s.map.get(k).filter(|e| e.verified)?;
         let f = s.pack.clone()?;
         if s.touched.is_none_or(|t| t.elapsed() >= TOUCH_EVERY) {
             let _ = f.set_modified(SystemTime::now());
@@ -285,10 +336,10 @@ impl Packs {
         let mut data = vec![0u8; k.size as usize];
         let ok = f.read_exact_at(&mut data, e.offset).is_ok() && check(&data);
         let mut s = self.shards[k.shard()].lock();
-        let same = s.map.get(&k.id()).is_some_and(|x| x.offset == e.offset);
+        let same = s.map.get(k).is_some_and(|x| x.offset == e.offset);
         if !ok {
             if same {
-                s.map.remove(&k.id());
+                s.map.remove(k);
             }
             return Some(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -300,9 +351,13 @@ impl Packs {
             )));
         }
         if same {
-            if let Some(x) = s.map.get_mut(&k.id()) {
-                x.verified = true;
-            }
+            s.map.insert(
+                k,
+                Entry {
+                    offset: e.offset,
+                    verified: true,
+                },
+            );
         }
         Some(Ok(data))
     }
@@ -329,7 +384,7 @@ impl Packs {
         fs::create_dir_all(self.path(shard, "idx").parent().unwrap_or(&self.dir))?;
         let _lock = self.lock_append(shard)?;
         self.refresh(shard, &mut s, true)?;
-        if s.map.contains_key(&k.id()) {
+        if s.map.contains(k) {
             return Ok(false);
         }
         let (Some(pack), Some(idx)) = (s.pack.clone(), s.idx.as_ref()) else {
@@ -352,7 +407,7 @@ impl Packs {
             s.parsed += REC as u64;
         }
         s.map.insert(
-            k.id(),
+            k,
             Entry {
                 offset,
                 verified: true,
@@ -400,6 +455,27 @@ impl Packs {
             }
         }
         out
+    }
+
+    /// Bytes of packs that no index record names: appends a kill cut short (or copies
+    /// replaced after a failed check). Dead space, never served.
+    pub fn dead_bytes(&self) -> u64 {
+        let mut dead = 0;
+        for shard in 0..self.shards.len() {
+            let (Ok(idx), Ok(m)) = (
+                fs::read(self.path(shard, "idx")),
+                fs::metadata(self.path(shard, "pack")),
+            ) else {
+                continue;
+            };
+            let named: u64 = idx
+                .chunks_exact(REC)
+                .filter_map(parse)
+                .map(|(_, _, size)| u64::from(size))
+                .sum();
+            dead += m.len().saturating_sub(named);
+        }
+        dead
     }
 
     /// Where the newest copy of `k` is (for tests that damage it).
@@ -467,6 +543,12 @@ mod tests {
         assert!(b.get(&k, &|d| d == b"good").unwrap().is_err());
         // Forgotten, so the caller fetches and appends again; the new copy is served.
         assert!(b.insert(&k, b"good").unwrap());
+        // The record of the first copy still names it; appending bytes without a record
+        // (a kill between the two writes) leaves dead space.
+        assert_eq!(b.dead_bytes(), 0);
+        let pack = OpenOptions::new().append(true).open(&loc.path).unwrap();
+        std::io::Write::write_all(&mut &pack, b"cut").unwrap();
+        assert_eq!(b.dead_bytes(), 3);
         let c = Packs::new(t.path());
         assert_eq!(c.get(&k, &|d| d == b"good").unwrap().unwrap(), b"good");
     }
@@ -501,6 +583,36 @@ mod tests {
         let c = Packs::new(t.path());
         assert_eq!(c.get(&k(&d3), &|_| true).unwrap().unwrap(), b"two");
         assert_eq!(c.get(&k(&d1), &|_| true).unwrap().unwrap(), b"one");
+    }
+
+    #[test]
+    fn colliding_keys_miss_and_never_serve_each_other() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Packs::new(t.path());
+        // Same shard and hash key (bytes 0 and 8..16), other tags.
+        let mut d1 = [7u8; 32];
+        let mut d2 = [7u8; 32];
+        d1[16] = 1;
+        d2[16] = 2;
+        assert!(a.insert(&pk(&d1, 4), b"one!").unwrap());
+        assert!(a.open_verified(&pk(&d2, 4)).is_none());
+        assert!(!a.is_verified(&pk(&d2, 4)));
+        // The second takes the slot; the first then misses, and is appended again.
+        assert!(a.insert(&pk(&d2, 4), b"two!").unwrap());
+        let (f, off) = a.open_verified(&pk(&d2, 4)).unwrap();
+        let mut b = [0u8; 4];
+        f.read_exact_at(&mut b, off).unwrap();
+        assert_eq!(&b, b"two!");
+        assert!(a.open_verified(&pk(&d1, 4)).is_none());
+        // Same key and tag, another size: another chunk too.
+        assert!(a.open_verified(&pk(&d2, 5)).is_none());
+        // A fresh process sees the later record of the key.
+        let b2 = Packs::new(t.path());
+        assert_eq!(
+            b2.get(&pk(&d2, 4), &|d| d == b"two!").unwrap().unwrap(),
+            b"two!"
+        );
+        assert!(b2.get(&pk(&d1, 4), &|d| d == b"one!").is_none());
     }
 
     #[test]
