@@ -443,11 +443,6 @@ impl FsTree {
         }
     }
 
-    /// Whether this tree serves RAFS only ([`FsTree::rafs_only`]).
-    pub fn is_rafs_only(&self) -> bool {
-        self.rafs_only
-    }
-
     /// The VFS to hand to a fuse-backend-rs `Server`.
     pub fn vfs(&self) -> Arc<Vfs> {
         self.vfs.clone()

@@ -158,11 +158,7 @@ pub struct ChunkCache {
 /// A verified file kept open: the file, when its mtime was last bumped, its [`path_id`].
 type OpenFile = (Arc<File>, std::time::Instant, u128);
 
-/// Where a chunk's bytes are: a file, and the offset in it (0 but in a pack).
-pub struct Location {
-    pub path: PathBuf,
-    pub offset: u64,
-}
+pub use crate::storage::pack::Location;
 
 /// A 128-bit identity of a cache file path (BLAKE3), so the verified set costs 16 bytes a
 /// chunk however long the paths are.
@@ -278,11 +274,7 @@ impl ChunkCache {
     /// Where `key`'s bytes are stored, if they are.
     pub fn locate(&self, key: &CacheKey) -> Option<Location> {
         if let Some(pk) = key.packed() {
-            let l = self.packs.locate(&pk)?;
-            return Some(Location {
-                path: l.path,
-                offset: l.offset,
-            });
+            return self.packs.locate(&pk);
         }
         let path = self.path_of(key);
         path.is_file().then_some(Location { path, offset: 0 })
@@ -687,6 +679,29 @@ mod tests {
             algo: Digester::Blake3,
             digest: [n; 32],
             size: 4,
+        }
+    }
+
+    #[test]
+    fn insert_get_persist() {
+        let d = tempfile::tempdir().unwrap();
+        // The same for a chunk with a file of its own and for one in a pack.
+        for k in [key(1), pkey(1)] {
+            let c = ChunkCache::open(d.path(), 0).unwrap();
+            assert!(c.get(&k, &|_| true).is_none());
+            c.insert(&k, b"abcd").unwrap();
+            assert!(c.contains(&k));
+            assert_eq!(c.get(&k, &|d| d == b"abcd").unwrap(), b"abcd");
+            // A new instance (another process, a restart) sees it too, but must verify first.
+            let c2 = ChunkCache::open(d.path(), 0).unwrap();
+            assert!(c2.open_verified(&k).is_none());
+            assert_eq!(c2.get(&k, &|_| true).unwrap(), b"abcd");
+            assert!(c2.open_verified(&k).is_some());
+        }
+        // Nothing lands in upstream's file names.
+        for e in fs::read_dir(d.path()).unwrap() {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            assert_eq!(n, CACHE_DIR);
         }
     }
 

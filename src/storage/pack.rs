@@ -146,8 +146,8 @@ impl Shard {
     }
 }
 
-/// Where a packed chunk is: its pack file and offset (for tests and tools).
-pub struct Located {
+/// Where a chunk's bytes are: a file, and the offset in it (0 for a chunk's own file).
+pub struct Location {
     pub path: PathBuf,
     pub offset: u64,
 }
@@ -479,9 +479,9 @@ impl Packs {
     }
 
     /// Where the newest copy of `k` is (for tests that damage it).
-    pub fn locate(&self, k: &PackKey) -> Option<Located> {
+    pub fn locate(&self, k: &PackKey) -> Option<Location> {
         let (_, e) = self.lookup(k)?;
-        Some(Located {
+        Some(Location {
             path: self.path(k.shard(), "pack"),
             offset: e.offset,
         })
